@@ -1,0 +1,14 @@
+//! `pkg`: what every ownkube component shares and that does no I/O of its own.
+//!
+//! - [`api`]: the Kubernetes object types (Pod, Service, Endpoints, Node, Namespace, Status);
+//! - [`validation`]: the checks behind `422 Invalid`;
+//! - [`selector`]: label and field selectors;
+//! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
+//! - [`endpoints`] and [`scheduler`]: the decisions of the two controllers, as pure functions.
+
+pub mod alloc;
+pub mod api;
+pub mod endpoints;
+pub mod scheduler;
+pub mod selector;
+pub mod validation;

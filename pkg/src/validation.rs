@@ -1,0 +1,358 @@
+//! Object validation, as `k8s.io/kubernetes/pkg/apis/core/validation` does it: each check
+//! adds a [`StatusCause`] naming the field (`spec.ports[0].port`) so the client sees every
+//! problem at once in one `422 Invalid`.
+
+use crate::alloc::{Cidr, PortRange};
+use crate::api::*;
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and ending alphanumeric.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// DNS-1123 subdomain: dot-separated DNS-1123 labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// DNS-1035 label (service names): a DNS-1123 label that starts with a letter.
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// IANA service name (a named port): 1-15 lowercase alphanumerics or '-', with a letter.
+pub fn is_port_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && s.bytes().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// Which naming rule a kind's `metadata.name` follows.
+#[derive(Clone, Copy)]
+pub enum NameRule {
+    Label,
+    Subdomain,
+    Dns1035,
+}
+
+pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusCause>) {
+    if meta.name.is_empty() {
+        causes.push(StatusCause::required("metadata.name"));
+    } else {
+        let (ok, what) = match rule {
+            NameRule::Label => (is_dns1123_label(&meta.name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+            NameRule::Subdomain => (is_dns1123_subdomain(&meta.name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+            NameRule::Dns1035 => (is_dns1035_label(&meta.name), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+        };
+        if !ok {
+            causes.push(StatusCause::invalid("metadata.name", format!("\"{}\"", meta.name), what));
+        }
+    }
+    labels_valid(&meta.labels, "metadata.labels", causes);
+}
+
+fn labels_valid(labels: &BTreeMap<String, String>, field: &str, causes: &mut Vec<StatusCause>) {
+    for (k, v) in labels {
+        if !is_label_key(k) {
+            causes.push(StatusCause::invalid(field, format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+        }
+        if !is_label_value(v) {
+            causes.push(StatusCause::invalid(format!("{field}.{k}"), format!("\"{v}\""), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', at most 63 characters"));
+        }
+    }
+}
+
+fn port_valid(p: i64, field: String, causes: &mut Vec<StatusCause>) {
+    if !(1..=65535).contains(&p) {
+        causes.push(StatusCause::invalid(field, p, "must be between 1 and 65535, inclusive"));
+    }
+}
+
+const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
+
+fn protocol_valid(p: &Option<String>, field: String, causes: &mut Vec<StatusCause>) {
+    if let Some(p) = p {
+        if !PROTOCOLS.contains(&p.as_str()) {
+            causes.push(StatusCause::not_supported(field, p, &PROTOCOLS));
+        }
+    }
+}
+
+pub fn validate_pod(pod: &Pod) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&pod.metadata, NameRule::Subdomain, &mut c);
+    if pod.spec.containers.is_empty() {
+        c.push(StatusCause::required("spec.containers"));
+    }
+    let mut names = HashSet::new();
+    for (i, ctr) in pod.spec.containers.iter().enumerate() {
+        let f = format!("spec.containers[{i}]");
+        if ctr.name.is_empty() {
+            c.push(StatusCause::required(format!("{f}.name")));
+        } else if !is_dns1123_label(&ctr.name) {
+            c.push(StatusCause::invalid(format!("{f}.name"), format!("\"{}\"", ctr.name), "must be a DNS-1123 label"));
+        } else if !names.insert(ctr.name.as_str()) {
+            c.push(StatusCause::duplicate(format!("{f}.name"), format!("\"{}\"", ctr.name)));
+        }
+        if ctr.image.trim().is_empty() {
+            c.push(StatusCause::required(format!("{f}.image")));
+        }
+        for (j, p) in ctr.ports.iter().enumerate() {
+            port_valid(p.container_port, format!("{f}.ports[{j}].containerPort"), &mut c);
+            protocol_valid(&p.protocol, format!("{f}.ports[{j}].protocol"), &mut c);
+            if let Some(n) = &p.name {
+                if !is_port_name(n) {
+                    c.push(StatusCause::invalid(format!("{f}.ports[{j}].name"), format!("\"{n}\""), "must be an IANA_SVC_NAME (at most 15 characters, lowercase alphanumerics and '-')"));
+                }
+            }
+        }
+        for (j, e) in ctr.env.iter().enumerate() {
+            if e.name.is_empty() {
+                c.push(StatusCause::required(format!("{f}.env[{j}].name")));
+            }
+        }
+    }
+    let policies = ["Always", "OnFailure", "Never"];
+    if let Some(p) = &pod.spec.restart_policy {
+        if !policies.contains(&p.as_str()) {
+            c.push(StatusCause::not_supported("spec.restartPolicy", p, &policies));
+        }
+    }
+    if let Some(g) = pod.spec.termination_grace_period_seconds {
+        if g < 0 {
+            c.push(StatusCause::invalid("spec.terminationGracePeriodSeconds", g, "must be greater than or equal to 0"));
+        }
+    }
+    if let Some(n) = &pod.spec.node_name {
+        if !n.is_empty() && !is_dns1123_subdomain(n) {
+            c.push(StatusCause::invalid("spec.nodeName", format!("\"{n}\""), "must be a DNS-1123 subdomain"));
+        }
+    }
+    labels_valid(&pod.spec.node_selector, "spec.nodeSelector", &mut c);
+    c
+}
+
+/// What the service allocators are configured with; validation checks requests against it.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceRanges {
+    pub cluster_ips: Cidr,
+    pub node_ports: PortRange,
+}
+
+pub const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+
+pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&svc.metadata, NameRule::Dns1035, &mut c);
+    let spec = &svc.spec;
+    let ty = spec.type_();
+    if !SERVICE_TYPES.contains(&ty) {
+        c.push(StatusCause::not_supported("spec.type", ty, &SERVICE_TYPES));
+        return c;
+    }
+    if ty == "ExternalName" {
+        if spec.external_name.as_deref().unwrap_or("").is_empty() {
+            c.push(StatusCause::required("spec.externalName"));
+        }
+    } else if spec.ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
+        c.push(StatusCause::required("spec.ports"));
+    }
+    match spec.cluster_ip.as_deref() {
+        None | Some("") | Some("None") => {}
+        Some(ip) => match ip.parse::<Ipv4Addr>() {
+            Err(_) => c.push(StatusCause::invalid("spec.clusterIP", format!("\"{ip}\""), "must be a valid IP address, (e.g. 10.9.8.7)")),
+            Ok(a) if !ranges.cluster_ips.contains(a) => c.push(StatusCause::invalid(
+                "spec.clusterIP",
+                format!("\"{ip}\""),
+                &format!("provided IP is not in the valid range. The range of valid IPs is {}", ranges.cluster_ips),
+            )),
+            Ok(_) => {}
+        },
+    }
+    if ty == "ExternalName" && !matches!(spec.cluster_ip.as_deref(), None | Some("")) {
+        c.push(StatusCause::invalid("spec.clusterIP", format!("\"{}\"", spec.cluster_ip.as_deref().unwrap_or("")), "may not be set for ExternalName services"));
+    }
+    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut node_ports = HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let f = format!("spec.ports[{i}]");
+        match &p.name {
+            Some(n) if !n.is_empty() => {
+                if !is_dns1123_label(n) {
+                    c.push(StatusCause::invalid(format!("{f}.name"), format!("\"{n}\""), "must be a DNS-1123 label"));
+                } else if !names.insert(n.clone()) {
+                    c.push(StatusCause::duplicate(format!("{f}.name"), format!("\"{n}\"")));
+                }
+            }
+            _ if spec.ports.len() > 1 => c.push(StatusCause::required(format!("{f}.name"))),
+            _ => {}
+        }
+        port_valid(p.port, format!("{f}.port"), &mut c);
+        protocol_valid(&p.protocol, format!("{f}.protocol"), &mut c);
+        if !seen.insert((p.port, p.protocol().to_string())) {
+            c.push(StatusCause::duplicate(f.clone(), format!("{}/{}", p.port, p.protocol())));
+        }
+        match &p.target_port {
+            Some(IntOrString::Int(t)) => port_valid(*t, format!("{f}.targetPort"), &mut c),
+            Some(IntOrString::Str(s)) if !is_port_name(s) => {
+                c.push(StatusCause::invalid(format!("{f}.targetPort"), format!("\"{s}\""), "must contain at least one letter and be an IANA_SVC_NAME"))
+            }
+            _ => {}
+        }
+        if let Some(np) = p.node_port.filter(|&n| n != 0) {
+            let nf = format!("{f}.nodePort");
+            if !spec.wants_node_ports() {
+                c.push(StatusCause::invalid(nf, np, &format!("may not be used when `type` is '{ty}'")));
+            } else if !ranges.node_ports.contains(np) {
+                c.push(StatusCause::invalid(nf, np, &format!("provided port is not in the valid range. The range of valid ports is {}", ranges.node_ports)));
+            } else if !node_ports.insert((np, p.protocol().to_string())) {
+                c.push(StatusCause::duplicate(nf, np));
+            }
+        }
+    }
+    if let Some(sel) = &spec.selector {
+        labels_valid(sel, "spec.selector", &mut c);
+    }
+    c
+}
+
+pub fn validate_node(node: &Node) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&node.metadata, NameRule::Subdomain, &mut c);
+    if let Some(cidr) = &node.spec.pod_cidr {
+        if cidr.parse::<Cidr>().is_err() {
+            c.push(StatusCause::invalid("spec.podCIDR", format!("\"{cidr}\""), "must be a valid CIDR (e.g. 10.244.1.0/24)"));
+        }
+    }
+    for (i, a) in node.status.addresses.iter().enumerate() {
+        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") && a.address.parse::<Ipv4Addr>().is_err() {
+            c.push(StatusCause::invalid(format!("status.addresses[{i}].address"), format!("\"{}\"", a.address), "must be a valid IP address"));
+        }
+    }
+    c
+}
+
+pub fn validate_namespace(ns: &Namespace) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&ns.metadata, NameRule::Label, &mut c);
+    c
+}
+
+pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&ep.metadata, NameRule::Subdomain, &mut c);
+    for (i, s) in ep.subsets.iter().enumerate() {
+        for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
+            if a.ip.parse::<Ipv4Addr>().is_err() {
+                c.push(StatusCause::invalid(format!("subsets[{i}].addresses[{j}].ip"), format!("\"{}\"", a.ip), "must be a valid IP address"));
+            }
+        }
+        for (j, p) in s.ports.iter().enumerate() {
+            port_valid(p.port, format!("subsets[{i}].ports[{j}].port"), &mut c);
+            protocol_valid(&p.protocol, format!("subsets[{i}].ports[{j}].protocol"), &mut c);
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges() -> ServiceRanges {
+        ServiceRanges { cluster_ips: "10.96.0.0/16".parse().unwrap(), node_ports: "30000-32767".parse().unwrap() }
+    }
+
+    fn fields(c: &[StatusCause]) -> Vec<&str> {
+        c.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_label("web-1"));
+        assert!(!is_dns1123_label("Web"));
+        assert!(!is_dns1123_label("-web"));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+        assert!(is_dns1123_subdomain("node1.example.com"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(!is_dns1035_label("1web"));
+        assert!(is_port_name("http") && !is_port_name("8080") && !is_port_name("a--b"));
+    }
+
+    #[test]
+    fn pod_errors_name_their_fields() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "Bad_Name"},
+            "spec": {"restartPolicy": "Sometimes", "containers": [
+                {"name": "c", "image": "x", "ports": [{"containerPort": 70000}]},
+                {"name": "c", "image": ""}
+            ]}
+        }))
+        .unwrap();
+        let c = validate_pod(&pod);
+        assert_eq!(
+            fields(&c),
+            ["metadata.name", "spec.containers[0].ports[0].containerPort", "spec.containers[1].name", "spec.containers[1].image", "spec.restartPolicy"]
+        );
+    }
+
+    #[test]
+    fn service_errors_name_their_fields() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "clusterIP": "10.0.0.1", "ports": [
+                {"name": "a", "port": 0, "nodePort": 80},
+                {"port": 81, "targetPort": "no_such"}
+            ]}
+        }))
+        .unwrap();
+        let c = validate_service(&svc, &ranges());
+        assert_eq!(
+            fields(&c),
+            ["spec.clusterIP", "spec.ports[0].port", "spec.ports[0].nodePort", "spec.ports[1].name", "spec.ports[1].targetPort"]
+        );
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"}, "spec": {"type": "Magic", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert_eq!(fields(&validate_service(&svc, &ranges())), ["spec.type"]);
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 30001}]}
+        }))
+        .unwrap();
+        assert_eq!(fields(&validate_service(&svc, &ranges())), ["spec.ports[0].nodePort"]);
+    }
+
+    #[test]
+    fn node_cidr_must_parse() {
+        let n: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/33"}})).unwrap();
+        assert_eq!(fields(&validate_node(&n)), ["spec.podCIDR"]);
+    }
+}
