@@ -1,0 +1,86 @@
+//! The control loops that kube-controller-manager and kube-scheduler run, here inside the
+//! apiserver process. Each keeps a cache of the objects it cares about, filled by an
+//! *informer* (list, then watch from the list's revision, list again after any error) and
+//! rebuilt from etcd whenever it starts: nothing they know lives only in memory.
+
+pub mod endpoints;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod scheduler;
+
+use crate::objects::Api;
+use crate::registry::Strategy;
+use crate::storage;
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What an informer reports.
+pub enum Change<T> {
+    /// A fresh full list (at start and after every reconnect): replace the cache.
+    Synced(Vec<T>),
+    Upsert(T),
+    Deleted(T),
+}
+
+/// Run an informer for every `T` in the cluster until the receiver goes away.
+pub fn spawn_informer<T: Strategy, M: Send + 'static>(api: Api, tx: UnboundedSender<M>, wrap: fn(Change<T>) -> M) {
+    tokio::spawn(async move {
+        loop {
+            match api.list::<T>(None).await {
+                Ok((items, rev)) => {
+                    if tx.send(wrap(Change::Synced(items))).is_err() {
+                        return;
+                    }
+                    match api.store.watch(storage::prefix::<T>(), rev + 1).await {
+                        Ok(stream) => {
+                            let mut stream = std::pin::pin!(stream);
+                            while let Some(batch) = stream.next().await {
+                                let Ok(events) = batch else { break };
+                                for ev in events {
+                                    let change = match (&ev.value, &ev.prev) {
+                                        (Some((v, r)), _) => storage::decode::<T>(v, *r).ok().map(Change::Upsert),
+                                        (None, Some((v, r))) => storage::decode::<T>(v, *r).ok().map(Change::Deleted),
+                                        (None, None) => None,
+                                    };
+                                    if let Some(c) = change {
+                                        if tx.send(wrap(c)).is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(kind = T::KIND, error = %e.0.message, "informer: watch failed"),
+                    }
+                }
+                Err(e) => tracing::warn!(kind = T::KIND, error = %e.0.message, "informer: list failed"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// `namespace/name`, the key caches are indexed by.
+pub fn ns_name<T: pkg::api::Object>(o: &T) -> (String, String) {
+    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone())
+}
+
+/// Apply an informer change to a cache keyed by `namespace/name`.
+pub fn apply<T: pkg::api::Object>(cache: &mut std::collections::HashMap<(String, String), T>, change: Change<T>) -> Vec<T> {
+    match change {
+        Change::Synced(items) => {
+            let old: Vec<T> = cache.drain().map(|(_, v)| v).collect();
+            cache.extend(items.into_iter().map(|o| (ns_name(&o), o)));
+            old.into_iter().chain(cache.values().cloned()).collect()
+        }
+        Change::Upsert(o) => {
+            let prev = cache.insert(ns_name(&o), o.clone());
+            prev.into_iter().chain([o]).collect()
+        }
+        Change::Deleted(o) => cache.remove(&ns_name(&o)).into_iter().chain([o]).collect(),
+    }
+}

@@ -1,0 +1,94 @@
+//! API errors: every failure leaves the apiserver as a Kubernetes `Status` object with the
+//! HTTP code, a machine-readable `reason` and, for invalid objects, the offending fields.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pkg::api::{Status, StatusCause};
+
+#[derive(Debug)]
+pub struct ApiError(pub Box<Status>);
+
+impl ApiError {
+    pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
+        ApiError(Box::new(Status::failure(code, reason, message)))
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+    pub fn not_found(kind: &str, name: &str) -> Self {
+        let resource = plural(kind);
+        let mut e = Self::new(404, "NotFound", format!("{resource} \"{name}\" not found"));
+        *e.0 = e.0.as_ref().clone().with_details(&resource, name);
+        e
+    }
+    pub fn already_exists(kind: &str, name: &str) -> Self {
+        let resource = plural(kind);
+        let mut e = Self::new(409, "AlreadyExists", format!("{resource} \"{name}\" already exists"));
+        *e.0 = e.0.as_ref().clone().with_details(&resource, name);
+        e
+    }
+    pub fn conflict(kind: &str, name: &str) -> Self {
+        let resource = plural(kind);
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+        );
+        *e.0 = e.0.as_ref().clone().with_details(&resource, name);
+        e
+    }
+    pub fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
+        ApiError(Box::new(Status::invalid(kind, name, causes)))
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+    pub fn code(&self) -> u16 {
+        self.0.code
+    }
+}
+
+/// `Pod` -> `pods`, the word Kubernetes uses in its messages.
+fn plural(kind: &str) -> String {
+    match kind {
+        "Endpoints" => "endpoints".into(),
+        k => format!("{}s", k.to_lowercase()),
+    }
+}
+
+impl From<etcd_client::Error> for ApiError {
+    fn from(e: etcd_client::Error) -> Self {
+        use etcd_client::Error as E;
+        match &e {
+            E::GRpcStatus(s) if s.message().contains("compacted") => {
+                ApiError::gone(format!("too old resource version: {}", s.message()))
+            }
+            E::GRpcStatus(s) if s.message().contains("future revision") => {
+                ApiError::new(504, "Timeout", format!("Too large resource version: {}", s.message()))
+            }
+            E::GRpcStatus(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown
+                ) =>
+            {
+                ApiError::unavailable(format!("etcd is unavailable: {}", s.message()))
+            }
+            E::TransportError(_) | E::IoError(_) | E::WatchError(_) => ApiError::unavailable(format!("etcd is unavailable: {e}")),
+            _ => ApiError::internal(format!("etcd: {e}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, axum::Json(*self.0)).into_response()
+    }
+}

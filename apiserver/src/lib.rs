@@ -1,0 +1,129 @@
+//! # apiserver
+//!
+//! ownkube's control plane in one process: what kube-apiserver, kube-scheduler and
+//! kube-controller-manager do in a real cluster.
+//!
+//! - [`routes`]: the REST API (`/api/v1/...`), JSON and YAML, list/watch, Tables for kubectl;
+//! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
+//!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
+//! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory);
+//! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion.
+
+pub mod controllers;
+pub mod discovery;
+pub mod error;
+pub mod objects;
+pub mod printers;
+pub mod registry;
+pub mod routes;
+pub mod storage;
+
+use pkg::alloc::{Cidr, PortRange};
+use pkg::api::{Namespace, ObjectMeta};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags of `apiserver`, named as kube-apiserver's.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(version, about = "ownkube apiserver: the Kubernetes API on etcd")]
+pub struct Config {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub etcd_servers: Vec<String>,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Range ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.96.0.0/16")]
+    pub service_cluster_ip_range: Cidr,
+    /// Range nodePorts are allocated from.
+    #[arg(long, default_value = "30000-32767")]
+    pub service_node_port_range: PortRange,
+    /// Pod network of the cluster; each node gets one subnet of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: Cidr,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// How long a node may go without a heartbeat before it becomes NotReady.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How long one etcd request may take before the API answers 503.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub etcd_timeout: Duration,
+}
+
+/// `500ms`, `5s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}: use ms, s or m")),
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_cidr_mask_size < self.cluster_cidr.prefix || self.node_cidr_mask_size > 30 {
+            anyhow::bail!("--node-cidr-mask-size {} does not fit in --cluster-cidr {}", self.node_cidr_mask_size, self.cluster_cidr);
+        }
+        Ok(())
+    }
+}
+
+/// A running apiserver.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub api: objects::Api,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Connect to etcd, create the built-in namespaces, start the controllers and serve.
+    pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+        cfg.validate()?;
+        let store = storage::Store::connect(&cfg.etcd_servers, cfg.etcd_timeout).await?;
+        let api = objects::Api { store, cfg: Arc::new(cfg.clone()) };
+        // The namespaces every cluster has. Retry until etcd answers.
+        for ns in ["default", "kube-system"] {
+            loop {
+                let obj = Namespace { metadata: ObjectMeta { name: ns.into(), ..Default::default() }, ..Default::default() };
+                match api.create(None, obj).await {
+                    Ok(_) => break,
+                    Err(e) if e.code() == 409 => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e.0.message, "waiting for etcd");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        controllers::scheduler::spawn(api.clone());
+        controllers::endpoints::spawn(api.clone());
+        controllers::nodelifecycle::spawn(api.clone(), cfg.node_monitor_grace_period);
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let app = routes::router(api.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        tracing::info!(%addr, "apiserver serving");
+        Ok(Server { addr, api, task })
+    }
+
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,305 @@
+//! The generic create / get / list / update / delete of any kind (kube-apiserver's
+//! `registry/generic/registry.Store`), used by the HTTP routes and the controllers alike.
+//!
+//! Each write is one etcd transaction holding the object *and* every allocator claim it
+//! makes or gives up, guarded by preconditions: so a service and its ClusterIP are written
+//! together or not at all, and two concurrent creates can never take the same number.
+
+use crate::error::ApiError;
+use crate::registry::{ApiErrorKind, Claim, Strategy};
+use crate::storage::{self, Committed, Expect, Op, Store};
+use crate::Config;
+use pkg::api::{Namespace, Object, StatusCause};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// How many times a write is retried when it lost a race it can recover from (an
+/// automatically chosen number was taken meanwhile, or an unconditional update raced).
+const RETRIES: usize = 32;
+
+#[derive(Clone)]
+pub struct Api {
+    pub store: Store,
+    pub cfg: Arc<Config>,
+}
+
+fn owner<T: Object>(o: &T) -> String {
+    match &o.meta().namespace {
+        Some(ns) if T::NAMESPACED => format!("{} {ns}/{}", T::KIND, o.meta().name),
+        _ => format!("{} {}", T::KIND, o.meta().name),
+    }
+}
+
+impl Api {
+    pub async fn get<T: Strategy>(&self, ns: Option<&str>, name: &str) -> Result<T, ApiError> {
+        self.store.get(&storage::key::<T>(ns, name)).await?.ok_or_else(|| ApiError::not_found(T::KIND, name))
+    }
+
+    pub async fn try_get<T: Strategy>(&self, ns: Option<&str>, name: &str) -> Result<Option<T>, ApiError> {
+        self.store.get(&storage::key::<T>(ns, name)).await
+    }
+
+    /// All objects of a kind, in one namespace (`Some`) or everywhere (`None`).
+    pub async fn list<T: Strategy>(&self, ns: Option<&str>) -> Result<(Vec<T>, i64), ApiError> {
+        let prefix = match ns {
+            Some(ns) if T::NAMESPACED => format!("{}{ns}/", storage::prefix::<T>()),
+            _ => storage::prefix::<T>().to_string(),
+        };
+        self.store.list(&prefix).await
+    }
+
+    /// Read the claims every allocator of `T` has handed out (keys only).
+    async fn load_taken<T: Strategy>(&self, prefixes: &[&str], taken: &mut HashSet<String>) -> Result<(), ApiError> {
+        for p in prefixes {
+            let (keys, _) = self.store.list_raw(p, true).await?;
+            taken.extend(keys.into_iter().map(|(k, _, _)| k));
+        }
+        Ok(())
+    }
+
+    /// Turn a lost claim into the user's error (they asked for a taken number) or learn
+    /// that the number is taken and return `Ok` to try another.
+    async fn claim_lost(&self, kind: &str, name: &str, claim: &Claim, taken: &mut HashSet<String>) -> Result<(), ApiError> {
+        if claim.requested {
+            let holder = self.store.get_raw(&claim.key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+            let what = if claim.field.contains("nodePort") { "port" } else if claim.field.contains("podCIDR") { "CIDR" } else { "IP" };
+            return Err(ApiError::invalid(
+                kind,
+                name,
+                vec![StatusCause::invalid(&claim.field, &claim.value, &format!("provided {what} is already allocated to {holder}"))],
+            ));
+        }
+        taken.insert(claim.key.clone());
+        Ok(())
+    }
+
+    fn claims_for<T: Strategy>(&self, obj: &mut T, old: Option<&T>, taken: &HashSet<String>) -> Result<Vec<Claim>, ApiError> {
+        obj.claims(old, &self.cfg, taken, rand::random()).map_err(|e| match e {
+            ApiErrorKind::Invalid(c) => ApiError::invalid(T::KIND, &obj.meta().name, c),
+            ApiErrorKind::RangeFull(m) => ApiError::internal(m),
+        })
+    }
+
+    /// Create an object: fill in the server's metadata, validate, claim, write — once.
+    pub async fn create<T: Strategy>(&self, ns: Option<&str>, mut obj: T) -> Result<T, ApiError> {
+        let meta = obj.meta_mut();
+        if T::NAMESPACED {
+            let ns = ns.unwrap_or("default");
+            match meta.namespace.as_deref() {
+                Some(given) if !given.is_empty() && given != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ))
+                }
+                _ => meta.namespace = Some(ns.to_string()),
+            }
+        } else {
+            meta.namespace = None;
+        }
+        if meta.name.is_empty() {
+            if let Some(g) = meta.generate_name.clone().filter(|g| !g.is_empty()) {
+                let suffix: String = (0..5).map(|_| b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)] as char).collect();
+                meta.name = format!("{g}{suffix}");
+            }
+        }
+        meta.uid = Some(uuid());
+        meta.resource_version = None;
+        meta.creation_timestamp = Some(pkg::api::now_rfc3339());
+        obj.prepare_create();
+        obj.set_type_meta();
+        let name = obj.meta().name.clone();
+        let causes = obj.validate(&self.cfg);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(T::KIND, &name, causes));
+        }
+        let ns = obj.meta().namespace.clone();
+        let key = storage::key::<T>(ns.as_deref(), &name);
+        let mut taken = HashSet::new();
+        self.load_taken::<T>(T::PRELOAD, &mut taken).await?;
+        for attempt in 0..RETRIES {
+            if attempt == 3 {
+                self.load_taken::<T>(T::ALLOCATORS, &mut taken).await?;
+            }
+            let mut o = obj.clone();
+            let claims = self.claims_for(&mut o, None, &taken)?;
+            let mut expects = vec![(key.clone(), Expect::Absent)];
+            if let Some(ns) = &ns {
+                expects.push((storage::key::<Namespace>(None, ns), Expect::Present));
+            }
+            let first_claim = expects.len();
+            expects.extend(claims.iter().map(|c| (c.key.clone(), Expect::Absent)));
+            let mut ops = vec![Op::Put(key.clone(), storage::encode(&o))];
+            ops.extend(claims.iter().map(|c| Op::Put(c.key.clone(), owner(&o).into_bytes())));
+            match self.store.commit(&expects, ops).await? {
+                Committed::Ok(rev) => {
+                    o.meta_mut().resource_version = Some(rev.to_string());
+                    return Ok(o);
+                }
+                Committed::Failed(failed) => {
+                    if failed.contains(&0) {
+                        return Err(ApiError::already_exists(T::KIND, &name));
+                    }
+                    if let (Some(ns), true) = (&ns, failed.contains(&1)) {
+                        return Err(ApiError::not_found("Namespace", ns));
+                    }
+                    for i in failed.into_iter().filter(|&i| i >= first_claim) {
+                        self.claim_lost(T::KIND, &name, &claims[i - first_claim], &mut taken).await?;
+                    }
+                }
+            }
+        }
+        Err(ApiError::unavailable(format!("could not allocate for {} {name}: too much contention", T::KIND)))
+    }
+
+    /// Replace an object (`PUT`), or only its status (`PUT …/status`). With a
+    /// `resourceVersion` the write happens only if the object is still at it (else 409).
+    pub async fn update<T: Strategy>(&self, ns: Option<&str>, name: &str, new: T, status_only: bool) -> Result<T, ApiError> {
+        if !new.meta().name.is_empty() && new.meta().name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                new.meta().name
+            )));
+        }
+        if let (true, Some(ns), Some(given)) = (T::NAMESPACED, ns, new.meta().namespace.as_deref()) {
+            if !given.is_empty() && given != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+        let wanted_rv = new.meta().resource_version.clone().filter(|rv| !rv.is_empty());
+        let key = storage::key::<T>(ns, name);
+        let mut taken = HashSet::new();
+        for attempt in 0..RETRIES {
+            if attempt == 3 {
+                self.load_taken::<T>(T::ALLOCATORS, &mut taken).await?;
+            }
+            let old: T = self.get(ns, name).await?;
+            let old_rv = old.meta().resource_version.clone().unwrap_or_default();
+            if wanted_rv.as_ref().is_some_and(|rv| *rv != old_rv) {
+                return Err(ApiError::conflict(T::KIND, name));
+            }
+            let mut o = new.clone();
+            {
+                let (m, om) = (o.meta_mut(), old.meta());
+                m.name = name.to_string();
+                m.namespace = om.namespace.clone();
+                m.uid = om.uid.clone();
+                m.creation_timestamp = om.creation_timestamp.clone();
+                m.generate_name = om.generate_name.clone();
+            }
+            o.set_type_meta();
+            let mut causes = if status_only {
+                if !o.prepare_status_update(&old) {
+                    return Err(ApiError::new(404, "NotFound", format!("{} has no status subresource", T::RESOURCE)));
+                }
+                vec![]
+            } else {
+                o.prepare_update(&old)
+            };
+            causes.extend(o.validate(&self.cfg));
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(T::KIND, name, causes));
+            }
+            let held: HashSet<String> = {
+                let mut oc = old.clone();
+                self.claims_for(&mut oc, Some(&old), &HashSet::new())?.into_iter().map(|c| c.key).collect()
+            };
+            let claims = self.claims_for(&mut o, Some(&old), &taken)?;
+            o.meta_mut().resource_version = Some(old_rv.clone());
+            if storage::encode(&o) == storage::encode(&old) {
+                return Ok(old); // nothing changes: no write, no new resourceVersion
+            }
+            let rev: i64 = old_rv.parse().unwrap_or(0);
+            let mut expects = vec![(key.clone(), Expect::Revision(rev))];
+            let new_claims: Vec<&Claim> = claims.iter().filter(|c| !held.contains(&c.key)).collect();
+            expects.extend(new_claims.iter().map(|c| (c.key.clone(), Expect::Absent)));
+            let mut ops = vec![Op::Put(key.clone(), storage::encode(&o))];
+            ops.extend(new_claims.iter().map(|c| Op::Put(c.key.clone(), owner(&o).into_bytes())));
+            let keep: HashSet<&String> = claims.iter().map(|c| &c.key).collect();
+            ops.extend(held.iter().filter(|k| !keep.contains(k)).map(|k| Op::Delete(k.clone())));
+            match self.store.commit(&expects, ops).await? {
+                Committed::Ok(rev) => {
+                    o.meta_mut().resource_version = Some(rev.to_string());
+                    return Ok(o);
+                }
+                Committed::Failed(failed) => {
+                    if failed.contains(&0) && wanted_rv.is_some() {
+                        return Err(ApiError::conflict(T::KIND, name));
+                    }
+                    for i in failed.into_iter().filter(|&i| i >= 1) {
+                        self.claim_lost(T::KIND, name, new_claims[i - 1], &mut taken).await?;
+                    }
+                }
+            }
+        }
+        Err(ApiError::conflict(T::KIND, name))
+    }
+
+    /// Read-modify-write for controllers: apply `change` to the current object and write
+    /// it back if it changed, retrying on conflicts. `Ok(None)`: the object is gone.
+    pub async fn modify<T: Strategy>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        status_only: bool,
+        mut change: impl FnMut(&mut T) -> bool,
+    ) -> Result<Option<T>, ApiError> {
+        for _ in 0..RETRIES {
+            let Some(mut obj) = self.try_get::<T>(ns, name).await? else { return Ok(None) };
+            if !change(&mut obj) {
+                return Ok(Some(obj));
+            }
+            match self.update(ns, name, obj, status_only).await {
+                Err(e) if e.code() == 409 => continue,
+                Err(e) if e.code() == 404 => return Ok(None),
+                r => return r.map(Some),
+            }
+        }
+        Err(ApiError::conflict(T::KIND, name))
+    }
+
+    /// Delete an object and free its claims, or for a pod on a node begin a graceful
+    /// delete. Returns the object as it was last (or is now, while terminating).
+    pub async fn delete<T: Strategy>(&self, ns: Option<&str>, name: &str, grace: Option<i64>, precondition_rv: Option<&str>) -> Result<T, ApiError> {
+        let key = storage::key::<T>(ns, name);
+        for _ in 0..RETRIES {
+            let old: T = self.get(ns, name).await?;
+            let rv = old.meta().resource_version.clone().unwrap_or_default();
+            if precondition_rv.is_some_and(|p| p != rv) {
+                return Err(ApiError::conflict(T::KIND, name));
+            }
+            let mut marked = old.clone();
+            if marked.begin_graceful_delete(grace) {
+                if marked.meta() == old.meta() {
+                    return Ok(old);
+                }
+                // Written directly: a client's update may not set deletionTimestamp, this may.
+                let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];
+                if let Committed::Ok(rev) = self.store.commit(&expects, vec![Op::Put(key.clone(), storage::encode(&marked))]).await? {
+                    marked.meta_mut().resource_version = Some(rev.to_string());
+                    return Ok(marked);
+                }
+                continue;
+            }
+            let held: Vec<String> = {
+                let mut oc = old.clone();
+                self.claims_for(&mut oc, Some(&old), &HashSet::new())?.into_iter().map(|c| c.key).collect()
+            };
+            let mut ops = vec![Op::Delete(key.clone())];
+            ops.extend(held.into_iter().map(Op::Delete));
+            let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];
+            if let Committed::Ok(_) = self.store.commit(&expects, ops).await? {
+                return Ok(old);
+            }
+        }
+        Err(ApiError::conflict(T::KIND, name))
+    }
+}
+
+/// A random (version 4) UUID for `metadata.uid`.
+pub fn uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-4{}-{:x}{}-{}", h(0..4), h(4..6), &h(6..8)[1..], 8 | (b[8] & 3), &h(8..10)[1..], h(10..16))
+}

@@ -1,0 +1,255 @@
+//! Storage: every object lives in etcd, as in kube-apiserver's `storage/etcd3`.
+//!
+//! Keys follow Kubernetes' own layout, so `etcdctl get --prefix /registry/` shows what a
+//! real cluster would: `/registry/pods/{ns}/{name}`, `/registry/services/specs/{ns}/{name}`,
+//! `/registry/services/endpoints/{ns}/{name}`, `/registry/minions/{name}` (nodes),
+//! `/registry/namespaces/{name}`. Values are JSON (Kubernetes stores protobuf) so that a
+//! learner can read them. The allocators' claims live under `/registry/ranges/`.
+//!
+//! `metadata.resourceVersion` is not stored: it is the key's etcd `mod_revision`, filled in
+//! on every read. Writes are etcd transactions whose preconditions ("this key does not exist
+//! yet", "this key is still at revision N") make optimistic concurrency exact: two writers
+//! racing for the same name, ClusterIP or nodePort cannot both win.
+
+use crate::error::ApiError;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use pkg::api::Object;
+use std::time::Duration;
+
+/// A precondition on one key of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist (create, claim).
+    Absent,
+    /// The key must exist (e.g. the namespace a new object goes into).
+    Present,
+    /// The key must still be at this `mod_revision` (optimistic update or delete).
+    Revision(i64),
+}
+
+/// One operation of a transaction.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+    Check(String),
+}
+
+/// The outcome of [`Store::commit`].
+pub enum Committed {
+    /// All preconditions held; the writes happened at this etcd revision.
+    Ok(i64),
+    /// These preconditions (indices into the list given) did not hold; nothing was written.
+    Failed(Vec<usize>),
+}
+
+/// An event of an etcd watch, already decoded into "what changed".
+pub struct RawEvent {
+    pub key: String,
+    /// The value after the change (`None` for deletes).
+    pub value: Option<(Vec<u8>, i64)>,
+    /// The value before the change, if any.
+    pub prev: Option<(Vec<u8>, i64)>,
+    pub revision: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Store {
+    /// Connect lazily: the channel (re)connects on its own, so the apiserver starts while
+    /// etcd is down and recovers when it returns, answering 503 meanwhile.
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<Store> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(10), timeout);
+        let client = Client::connect(endpoints, Some(opts)).await?;
+        Ok(Store { client, timeout })
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(ApiError::unavailable("etcd did not answer in time")),
+        }
+    }
+
+    /// Read one object, with `resourceVersion` filled in.
+    pub async fn get<T: Object>(&self, key: &str) -> Result<Option<T>, ApiError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.get(key, None)).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(decode(kv.value(), kv.mod_revision())?)),
+        }
+    }
+
+    /// Read every object under a prefix, and the revision the list was read at.
+    pub async fn list<T: Object>(&self, prefix: &str) -> Result<(Vec<T>, i64), ApiError> {
+        let (raw, rev) = self.list_raw(prefix, false).await?;
+        let items = raw.iter().map(|(_, v, r)| decode(v, *r)).collect::<Result<_, _>>()?;
+        Ok((items, rev))
+    }
+
+    /// Keys (and optionally values) under a prefix.
+    pub async fn list_raw(&self, prefix: &str, keys_only: bool) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), ApiError> {
+        let mut kv = self.client.kv_client();
+        let mut opts = GetOptions::new().with_prefix();
+        if keys_only {
+            opts = opts.with_keys_only();
+        }
+        let resp = self.timed(kv.get(prefix, Some(opts))).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let items = resp
+            .kvs()
+            .iter()
+            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision()))
+            .collect();
+        Ok((items, rev))
+    }
+
+    /// Fails with 410 Gone when `revision` has been compacted away, so a watch from it
+    /// would miss events.
+    pub async fn check_revision(&self, revision: i64) -> Result<(), ApiError> {
+        let mut kv = self.client.kv_client();
+        let opts = GetOptions::new().with_revision(revision).with_keys_only().with_limit(1);
+        self.timed(kv.get("/registry/", Some(opts))).await.map(|_| ())
+    }
+
+    /// Run the operations if every precondition holds, all or nothing.
+    pub async fn commit(&self, expects: &[(String, Expect)], ops: Vec<Op>) -> Result<Committed, ApiError> {
+        let compares: Vec<Compare> = expects
+            .iter()
+            .map(|(k, e)| match e {
+                Expect::Absent => Compare::create_revision(k.as_str(), CompareOp::Equal, 0),
+                Expect::Present => Compare::create_revision(k.as_str(), CompareOp::Greater, 0),
+                Expect::Revision(r) => Compare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            })
+            .collect();
+        let then: Vec<TxnOp> = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => TxnOp::put(k, v, None),
+                Op::Delete(k) => TxnOp::delete(k, None),
+                Op::Check(k) => TxnOp::get(k, None),
+            })
+            .collect();
+        // On failure, read the keys back to learn which precondition failed.
+        let otherwise: Vec<TxnOp> = expects.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
+        let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.txn(txn)).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.succeeded() {
+            return Ok(Committed::Ok(rev));
+        }
+        let mut failed = vec![];
+        for (i, (op, (_, e))) in resp.op_responses().into_iter().zip(expects).enumerate() {
+            let found = match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                _ => None,
+            };
+            let holds = match e {
+                Expect::Absent => found.is_none(),
+                Expect::Present => found.is_some(),
+                Expect::Revision(r) => found == Some(*r),
+            };
+            if !holds {
+                failed.push(i);
+            }
+        }
+        Ok(Committed::Failed(failed))
+    }
+
+    /// The raw value of a key (used to name who holds a claim).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Watch a prefix from `start_revision` (inclusive). Events arrive in revision order;
+    /// the stream ends with an error when etcd compacts past it or goes away.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        start_revision: i64,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
+        let mut wc = self.client.watch_client();
+        let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision);
+        let (watcher, stream) = self.timed(wc.watch(prefix, Some(opts))).await?;
+        Ok(futures::stream::unfold((watcher, stream, false), |(watcher, mut stream, done)| async move {
+            if done {
+                return None;
+            }
+            let item = match stream.message().await {
+                Ok(Some(resp)) if resp.compact_revision() > 0 => Err(ApiError::gone(format!(
+                    "too old resource version: watch fell behind etcd's compaction at {}",
+                    resp.compact_revision()
+                ))),
+                Ok(Some(resp)) if resp.canceled() => {
+                    Err(ApiError::unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason())))
+                }
+                Ok(Some(resp)) => Ok(resp
+                    .events()
+                    .iter()
+                    .filter_map(|ev| {
+                        let kv = ev.kv()?;
+                        let prev = ev.prev_kv().map(|p| (p.value().to_vec(), p.mod_revision()));
+                        Some(RawEvent {
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            value: (ev.event_type() == EventType::Put).then(|| (kv.value().to_vec(), kv.mod_revision())),
+                            prev,
+                            revision: kv.mod_revision(),
+                        })
+                    })
+                    .collect()),
+                Ok(None) => Err(ApiError::unavailable("etcd closed the watch")),
+                Err(e) => Err(ApiError::from(e)),
+            };
+            let done = item.is_err();
+            Some((item, (watcher, stream, done)))
+        }))
+    }
+}
+
+/// Decode a stored object and stamp it with the revision it was read at.
+pub fn decode<T: Object>(value: &[u8], revision: i64) -> Result<T, ApiError> {
+    let mut obj: T = serde_json::from_slice(value)
+        .map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", T::KIND)))?;
+    obj.meta_mut().resource_version = Some(revision.to_string());
+    obj.set_type_meta();
+    Ok(obj)
+}
+
+/// Encode an object for storage: without `resourceVersion`, which is etcd's to say.
+pub fn encode<T: Object>(obj: &T) -> Vec<u8> {
+    let mut o = obj.clone();
+    o.meta_mut().resource_version = None;
+    o.set_type_meta();
+    serde_json::to_vec(&o).expect("API objects always serialize")
+}
+
+/// Where objects of kind `T` live in etcd.
+pub fn prefix<T: Object>() -> &'static str {
+    match T::RESOURCE {
+        "pods" => "/registry/pods/",
+        "services" => "/registry/services/specs/",
+        "endpoints" => "/registry/services/endpoints/",
+        "nodes" => "/registry/minions/",
+        "namespaces" => "/registry/namespaces/",
+        other => unreachable!("no storage prefix for {other}"),
+    }
+}
+
+/// The key of one object, or the prefix of a namespace's objects when `name` is empty.
+pub fn key<T: Object>(ns: Option<&str>, name: &str) -> String {
+    match (T::NAMESPACED, ns) {
+        (true, Some(ns)) => format!("{}{ns}/{name}", prefix::<T>()),
+        _ => format!("{}{name}", prefix::<T>()),
+    }
+}
+

@@ -1,0 +1,173 @@
+//! Test harness: a real etcd (Debian's `etcd-server`) on free loopback ports with a
+//! temporary data dir, and an apiserver in this process talking to it.
+#![allow(dead_code)]
+
+use apiserver::{Config, Server};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A throwaway etcd; killed (and its data removed) on drop.
+pub struct Etcd {
+    pub url: String,
+    peer_port: u16,
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, peer_port) = (free_port(), free_port());
+        let mut e = Etcd { url: format!("http://127.0.0.1:{port}"), peer_port, child: None, dir };
+        e.restart();
+        e
+    }
+
+    /// Start (again) on the same port and data dir.
+    pub fn restart(&mut self) {
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
+            .args(["--initial-cluster", &format!("test=http://127.0.0.1:{}", self.peer_port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (Debian: apt-get install etcd-server; scripts/test does it)");
+        self.child = Some(child);
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn config(etcd: &Etcd) -> Config {
+    use clap::Parser;
+    let mut cfg = Config::parse_from(["apiserver"]);
+    cfg.etcd_servers = vec![etcd.url.clone()];
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.etcd_timeout = Duration::from_secs(2);
+    cfg
+}
+
+/// etcd + apiserver + an HTTP client pointed at it.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub server: Server,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Cluster {
+        let etcd = Etcd::start();
+        let mut cfg = config(&etcd);
+        tweak(&mut cfg);
+        let server = Server::start(cfg).await.expect("apiserver starts");
+        let base = format!("http://{}", server.addr);
+        Cluster { etcd, server, base, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.put(self.url(path)).json(body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self.http.delete(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST and insist on 201.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let (code, v) = self.post(path, &body).await;
+        assert_eq!(code, 201, "create {path}: {v}");
+        v
+    }
+
+    /// Register a Ready node the way an agent does: create it, then post its status.
+    pub async fn ready_node(&self, name: &str, ip: &str, labels: Value) -> Value {
+        let node = self
+            .create("/api/v1/nodes", serde_json::json!({"metadata": {"name": name, "labels": labels}}))
+            .await;
+        self.heartbeat(name, ip).await;
+        node
+    }
+
+    pub async fn heartbeat(&self, name: &str, ip: &str) -> Value {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let (code, v) = self
+            .put(
+                &format!("/api/v1/nodes/{name}/status"),
+                &serde_json::json!({"metadata": {"name": name}, "status": {
+                    "addresses": [{"type": "InternalIP", "address": ip}],
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now}]
+                }}),
+            )
+            .await;
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+}
+
+/// Poll `f` until it returns Some, or fail after `secs`.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(secs: u64, what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn pod(name: &str, labels: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "localhost:5000/whoami:latest", "ports": [{"name": "http", "containerPort": 8080}]}]}
+    })
+}
