@@ -66,9 +66,7 @@ impl From<etcd_client::Error> for ApiError {
     fn from(e: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
         match &e {
-            E::GRpcStatus(s) if s.message().contains("compacted") => {
-                ApiError::gone(format!("too old resource version: {}", s.message()))
-            }
+            E::GRpcStatus(s) if s.message().contains("compacted") => ApiError::gone(format!("too old resource version: {}", s.message())),
             E::GRpcStatus(s) if s.message().contains("future revision") => {
                 ApiError::new(504, "Timeout", format!("Too large resource version: {}", s.message()))
             }

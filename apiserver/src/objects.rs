@@ -49,7 +49,7 @@ impl Api {
     }
 
     /// Read the claims every allocator of `T` has handed out (keys only).
-    async fn load_taken<T: Strategy>(&self, prefixes: &[&str], taken: &mut HashSet<String>) -> Result<(), ApiError> {
+    async fn load_taken(&self, prefixes: &[&str], taken: &mut HashSet<String>) -> Result<(), ApiError> {
         for p in prefixes {
             let (keys, _) = self.store.list_raw(p, true).await?;
             taken.extend(keys.into_iter().map(|(k, _, _)| k));
@@ -62,7 +62,13 @@ impl Api {
     async fn claim_lost(&self, kind: &str, name: &str, claim: &Claim, taken: &mut HashSet<String>) -> Result<(), ApiError> {
         if claim.requested {
             let holder = self.store.get_raw(&claim.key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-            let what = if claim.field.contains("nodePort") { "port" } else if claim.field.contains("podCIDR") { "CIDR" } else { "IP" };
+            let what = if claim.field.contains("nodePort") {
+                "port"
+            } else if claim.field.contains("podCIDR") {
+                "CIDR"
+            } else {
+                "IP"
+            };
             return Err(ApiError::invalid(
                 kind,
                 name,
@@ -115,10 +121,10 @@ impl Api {
         let ns = obj.meta().namespace.clone();
         let key = storage::key::<T>(ns.as_deref(), &name);
         let mut taken = HashSet::new();
-        self.load_taken::<T>(T::PRELOAD, &mut taken).await?;
+        self.load_taken(T::PRELOAD, &mut taken).await?;
         for attempt in 0..RETRIES {
             if attempt == 3 {
-                self.load_taken::<T>(T::ALLOCATORS, &mut taken).await?;
+                self.load_taken(T::ALLOCATORS, &mut taken).await?;
             }
             let mut o = obj.clone();
             let claims = self.claims_for(&mut o, None, &taken)?;
@@ -162,9 +168,7 @@ impl Api {
         }
         if let (true, Some(ns), Some(given)) = (T::NAMESPACED, ns, new.meta().namespace.as_deref()) {
             if !given.is_empty() && given != ns {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
             }
         }
         let wanted_rv = new.meta().resource_version.clone().filter(|rv| !rv.is_empty());
@@ -172,7 +176,7 @@ impl Api {
         let mut taken = HashSet::new();
         for attempt in 0..RETRIES {
             if attempt == 3 {
-                self.load_taken::<T>(T::ALLOCATORS, &mut taken).await?;
+                self.load_taken(T::ALLOCATORS, &mut taken).await?;
             }
             let old: T = self.get(ns, name).await?;
             let old_rv = old.meta().resource_version.clone().unwrap_or_default();
@@ -261,7 +265,13 @@ impl Api {
 
     /// Delete an object and free its claims, or for a pod on a node begin a graceful
     /// delete. Returns the object as it was last (or is now, while terminating).
-    pub async fn delete<T: Strategy>(&self, ns: Option<&str>, name: &str, grace: Option<i64>, precondition_rv: Option<&str>) -> Result<T, ApiError> {
+    pub async fn delete<T: Strategy>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        grace: Option<i64>,
+        precondition_rv: Option<&str>,
+    ) -> Result<T, ApiError> {
         let key = storage::key::<T>(ns, name);
         for _ in 0..RETRIES {
             let old: T = self.get(ns, name).await?;

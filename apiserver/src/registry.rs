@@ -91,7 +91,11 @@ impl Strategy for Pod {
         let mut c = vec![];
         if let Some(old_node) = old.spec.node_name.as_deref().filter(|n| !n.is_empty()) {
             if self.spec.node_name.as_deref() != Some(old_node) {
-                c.push(StatusCause::invalid("spec.nodeName", format!("\"{}\"", self.spec.node_name.as_deref().unwrap_or("")), "field is immutable once the pod is bound"));
+                c.push(StatusCause::invalid(
+                    "spec.nodeName",
+                    format!("\"{}\"", self.spec.node_name.as_deref().unwrap_or("")),
+                    "field is immutable once the pod is bound",
+                ));
             }
         }
         if self.spec.containers.len() != old.spec.containers.len()
@@ -148,7 +152,10 @@ fn default_field<T: Object>(o: &T, path: &str) -> String {
 
 impl Strategy for Service {
     fn validate(&self, cfg: &Config) -> Vec<StatusCause> {
-        validation::validate_service(self, &ServiceRanges { cluster_ips: cfg.service_cluster_ip_range, node_ports: cfg.service_node_port_range })
+        validation::validate_service(
+            self,
+            &ServiceRanges { cluster_ips: cfg.service_cluster_ip_range, node_ports: cfg.service_node_port_range },
+        )
     }
     fn prepare_create(&mut self) {
         self.status = Some(serde_json::json!({"loadBalancer": {}}));
@@ -183,12 +190,8 @@ impl Strategy for Service {
         if self.spec.wants_node_ports() {
             for p in &mut self.spec.ports {
                 if p.node_port.unwrap_or(0) == 0 {
-                    p.node_port = old
-                        .spec
-                        .ports
-                        .iter()
-                        .find(|o| o.port == p.port && o.protocol() == p.protocol())
-                        .and_then(|o| o.node_port);
+                    p.node_port =
+                        old.spec.ports.iter().find(|o| o.port == p.port && o.protocol() == p.protocol()).and_then(|o| o.node_port);
                 }
             }
         }
@@ -210,10 +213,9 @@ impl Strategy for Service {
                     let range = cfg.service_cluster_ip_range;
                     let usable = range.usable();
                     let n = usable.end - usable.start;
-                    let pick = first_free(n, seed % n, |i| {
-                        taken.contains(&format!("{SERVICE_IPS}{}", range.nth(usable.start + i).unwrap()))
-                    })
-                    .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a serviceIP: range {range} is full")))?;
+                    let pick =
+                        first_free(n, seed % n, |i| taken.contains(&format!("{SERVICE_IPS}{}", range.nth(usable.start + i).unwrap())))
+                            .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a serviceIP: range {range} is full")))?;
                     (range.nth(usable.start + pick).unwrap().to_string(), false)
                 }
             };
@@ -246,7 +248,12 @@ impl Strategy for Service {
                 p.node_port = Some(port);
                 // TCP and UDP on one port of the same service share one claim.
                 if !claims.iter().any(|c: &Claim| c.key == format!("{NODE_PORTS}{port}")) {
-                    claims.push(Claim { key: format!("{NODE_PORTS}{port}"), field: format!("spec.ports[{i}].nodePort"), value: port.to_string(), requested });
+                    claims.push(Claim {
+                        key: format!("{NODE_PORTS}{port}"),
+                        field: format!("spec.ports[{i}].nodePort"),
+                        value: port.to_string(),
+                        requested,
+                    });
                 }
             }
         } else {
@@ -294,7 +301,9 @@ impl Strategy for Node {
                 self.spec.pod_cidrs = old.spec.pod_cidrs.clone();
                 vec![]
             }
-            (Some(new), Some(o)) if new != o => vec![StatusCause::invalid("spec.podCIDR", format!("\"{new}\""), "field is immutable once set")],
+            (Some(new), Some(o)) if new != o => {
+                vec![StatusCause::invalid("spec.podCIDR", format!("\"{new}\""), "field is immutable once set")]
+            }
             _ => vec![],
         }
     }
@@ -313,8 +322,9 @@ impl Strategy for Node {
             Some(c) => (c.clone(), old.and_then(|o| o.spec.pod_cidr.as_ref()) != Some(c)),
             None => {
                 let n = cfg.cluster_cidr.subnet_count(cfg.node_cidr_mask_size);
-                let i = first_free(n, 0, |i| taken.contains(&key(&cfg.cluster_cidr.subnet(cfg.node_cidr_mask_size, i).unwrap().to_string())))
-                    .ok_or_else(|| ApiErrorKind::RangeFull(format!("no pod CIDR left in {}", cfg.cluster_cidr)))?;
+                let i =
+                    first_free(n, 0, |i| taken.contains(&key(&cfg.cluster_cidr.subnet(cfg.node_cidr_mask_size, i).unwrap().to_string())))
+                        .ok_or_else(|| ApiErrorKind::RangeFull(format!("no pod CIDR left in {}", cfg.cluster_cidr)))?;
                 (cfg.cluster_cidr.subnet(cfg.node_cidr_mask_size, i).unwrap().to_string(), false)
             }
         };
@@ -330,4 +340,3 @@ impl Strategy for Node {
         }
     }
 }
-

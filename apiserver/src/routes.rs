@@ -49,10 +49,15 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1", get(discovery::api_resources))
         .route("/openapi/v3", get(discovery::openapi_v3_root))
         .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core))
-        .route("/api/v1/{resource}", any(|s, m, Path(resource): Path<String>, q, r| route(s, m, Target { resource, ..Default::default() }, q, r)))
+        .route(
+            "/api/v1/{resource}",
+            any(|s, m, Path(resource): Path<String>, q, r| route(s, m, Target { resource, ..Default::default() }, q, r)),
+        )
         .route(
             "/api/v1/{resource}/{name}",
-            any(|s, m, Path((resource, name)): Path<(String, String)>, q, r| route(s, m, Target { resource, name: Some(name), ..Default::default() }, q, r)),
+            any(|s, m, Path((resource, name)): Path<(String, String)>, q, r| {
+                route(s, m, Target { resource, name: Some(name), ..Default::default() }, q, r)
+            }),
         )
         .route(
             "/api/v1/{resource}/{name}/{sub}",
@@ -84,7 +89,9 @@ pub fn router(api: Api) -> Router {
                 route(s, m, Target { ns: Some(ns), resource, name: Some(name), sub: Some(sub) }, q, r)
             }),
         )
-        .fallback(|uri: axum::http::Uri| async move { ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({uri})")) })
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({uri})"))
+        })
         .with_state(api)
 }
 
@@ -135,6 +142,16 @@ fn wants_yaml(h: &HeaderMap) -> bool {
     h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.starts_with("application/yaml"))
 }
 
+/// `PodList`, `ServiceList`, ...
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<T> {
+    kind: String,
+    api_version: &'static str,
+    metadata: Value,
+    items: Vec<T>,
+}
+
 /// Encode a response the way the client asked: Table, YAML or JSON.
 fn respond(code: StatusCode, h: &HeaderMap, value: Value) -> Response {
     if wants_yaml(h) {
@@ -158,7 +175,11 @@ pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError>
     }
     let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     if ct.contains("protobuf") || ct.contains("cbor") {
-        return Err(ApiError::new(415, "UnsupportedMediaType", format!("{ct} is not supported: send application/json or application/yaml")));
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("{ct} is not supported: send application/json or application/yaml"),
+        ));
     }
     let value: Value = if ct.contains("yaml") {
         serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode YAML body: {e}")))?
@@ -194,7 +215,14 @@ fn matches<T: Strategy>(o: &T, l: &LabelSelector, f: &FieldSelector) -> bool {
     l.matches(&o.meta().labels) && f.matches(|path| o.field(path))
 }
 
-async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, t: &Target, p: &Params, h: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn handle<T: Strategy + Printable>(
+    api: &Api,
+    method: &Method,
+    t: &Target,
+    p: &Params,
+    h: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     // A namespaced kind asked for without a namespace is only listed (across all of them);
     // a cluster-scoped kind never takes one.
     if !T::NAMESPACED && t.ns.is_some() {
@@ -214,11 +242,13 @@ async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, t: &Target,
             if wants_table(h) {
                 return Ok(respond(StatusCode::OK, h, printers::table(&items, Some(rev.to_string()), true)));
             }
-            let list = json!({
-                "kind": format!("{}List", T::KIND), "apiVersion": "v1",
-                "metadata": {"resourceVersion": rev.to_string()}, "items": items,
-            });
-            Ok(respond(StatusCode::OK, h, list))
+            let list =
+                List { kind: format!("{}List", T::KIND), api_version: "v1", metadata: json!({"resourceVersion": rev.to_string()}), items };
+            if wants_yaml(h) {
+                return Ok(respond(StatusCode::OK, h, serde_json::to_value(&list).unwrap_or(Value::Null)));
+            }
+            // Serialized straight from the typed items: lists are the largest responses.
+            Ok(axum::Json(list).into_response())
         }
         (Method::POST, None, None) => {
             let obj: T = decode_body(h, &body)?;
@@ -234,26 +264,32 @@ async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, t: &Target,
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             if ct.contains("json-patch") || ct.contains("apply-patch") {
-                return Err(ApiError::new(415, "UnsupportedMediaType", format!("patch type {ct} is not supported; use application/merge-patch+json")));
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("patch type {ct} is not supported; use application/merge-patch+json"),
+                ));
             }
             let patch: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("unable to decode patch: {e}")))?;
             let current = api.get::<T>(ns, name).await?;
             let mut doc = serde_json::to_value(&current).unwrap_or(Value::Null);
             merge_patch(&mut doc, &patch);
-            let patched: T = serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("patched object does not decode: {e}")))?;
+            let patched: T =
+                serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("patched object does not decode: {e}")))?;
             let updated = api.update::<T>(ns, name, patched, sub.is_some()).await?;
             Ok(respond_obj(StatusCode::OK, h, &updated))
         }
         (Method::DELETE, Some(name), None) => {
             // Delete options come in the query string or as a DeleteOptions body.
             let opts: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
-            let grace = p
-                .get("gracePeriodSeconds")
-                .and_then(|g| g.parse().ok())
-                .or_else(|| opts["gracePeriodSeconds"].as_i64());
+            let grace = p.get("gracePeriodSeconds").and_then(|g| g.parse().ok()).or_else(|| opts["gracePeriodSeconds"].as_i64());
             let rv = opts["preconditions"]["resourceVersion"].as_str().map(String::from);
             if T::KIND == "Namespace" && ["default", "kube-system"].contains(&name) {
-                return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
+                return Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!("namespace \"{name}\" is forbidden: this namespace may not be deleted"),
+                ));
             }
             if T::KIND == "Namespace" {
                 crate::controllers::namespace::empty(api, name).await?;

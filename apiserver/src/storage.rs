@@ -53,6 +53,8 @@ pub struct RawEvent {
     pub revision: i64,
 }
 
+const MAX_RESPONSE: usize = 512 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct Store {
     client: Client,
@@ -63,11 +65,15 @@ impl Store {
     /// Connect lazily: the channel (re)connects on its own, so the apiserver starts while
     /// etcd is down and recovers when it returns, answering 503 meanwhile.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<Store> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout);
+        let opts = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(Duration::from_secs(10), timeout);
         let client = Client::connect(endpoints, Some(opts)).await?;
         Ok(Store { client, timeout })
+    }
+
+    /// A KV client that accepts large responses (a list of 10,000 pods is ~10 MiB; gRPC's
+    /// default limit is 4 MiB).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_RESPONSE)
     }
 
     async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
@@ -79,7 +85,7 @@ impl Store {
 
     /// Read one object, with `resourceVersion` filled in.
     pub async fn get<T: Object>(&self, key: &str) -> Result<Option<T>, ApiError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.get(key, None)).await?;
         match resp.kvs().first() {
             None => Ok(None),
@@ -96,25 +102,22 @@ impl Store {
 
     /// Keys (and optionally values) under a prefix.
     pub async fn list_raw(&self, prefix: &str, keys_only: bool) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), ApiError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let mut opts = GetOptions::new().with_prefix();
         if keys_only {
             opts = opts.with_keys_only();
         }
         let resp = self.timed(kv.get(prefix, Some(opts))).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let items = resp
-            .kvs()
-            .iter()
-            .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision()))
-            .collect();
+        let items =
+            resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision())).collect();
         Ok((items, rev))
     }
 
     /// Fails with 410 Gone when `revision` has been compacted away, so a watch from it
     /// would miss events.
     pub async fn check_revision(&self, revision: i64) -> Result<(), ApiError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let opts = GetOptions::new().with_revision(revision).with_keys_only().with_limit(1);
         self.timed(kv.get("/registry/", Some(opts))).await.map(|_| ())
     }
@@ -140,7 +143,7 @@ impl Store {
         // On failure, read the keys back to learn which precondition failed.
         let otherwise: Vec<TxnOp> = expects.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.txn(txn)).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
@@ -166,7 +169,7 @@ impl Store {
 
     /// The raw value of a key (used to name who holds a claim).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.get(key, None)).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
@@ -178,7 +181,7 @@ impl Store {
         prefix: &str,
         start_revision: i64,
     ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
-        let mut wc = self.client.watch_client();
+        let mut wc = self.client.watch_client().max_decoding_message_size(MAX_RESPONSE);
         let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision);
         let (watcher, stream) = self.timed(wc.watch(prefix, Some(opts))).await?;
         Ok(futures::stream::unfold((watcher, stream, false), |(watcher, mut stream, done)| async move {
@@ -218,8 +221,7 @@ impl Store {
 
 /// Decode a stored object and stamp it with the revision it was read at.
 pub fn decode<T: Object>(value: &[u8], revision: i64) -> Result<T, ApiError> {
-    let mut obj: T = serde_json::from_slice(value)
-        .map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", T::KIND)))?;
+    let mut obj: T = serde_json::from_slice(value).map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", T::KIND)))?;
     obj.meta_mut().resource_version = Some(revision.to_string());
     obj.set_type_meta();
     Ok(obj)
@@ -252,4 +254,3 @@ pub fn key<T: Object>(ns: Option<&str>, name: &str) -> String {
         _ => format!("{}{name}", prefix::<T>()),
     }
 }
-

@@ -12,7 +12,8 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const SVCS: &str = "/api/v1/namespaces/default/services";
 
 fn names(list: &Value) -> Vec<String> {
-    let mut v: Vec<String> = list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let mut v: Vec<String> =
+        list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
     v.sort();
     v
 }
@@ -181,7 +182,15 @@ async fn watch_streams_changes_and_resumes() {
     assert_eq!((evs[0]["type"].as_str(), evs[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
 
     // Selectors apply to watches: a pod that starts matching is ADDED, one that stops is DELETED.
-    let resp = c.http.get(c.url(&format!("{PODS}?watch=true&labelSelector=tier%3Dfront&resourceVersion={}", c.get(PODS).await.1["metadata"]["resourceVersion"].as_str().unwrap()))).send().await.unwrap();
+    let resp = c
+        .http
+        .get(c.url(&format!(
+            "{PODS}?watch=true&labelSelector=tier%3Dfront&resourceVersion={}",
+            c.get(PODS).await.1["metadata"]["resourceVersion"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
     let (_, mut b) = c.get(&format!("{PODS}/b")).await;
     b["metadata"]["labels"] = json!({"tier": "front"});
     let (_, mut b) = c.put(&format!("{PODS}/b"), &b).await;
@@ -391,7 +400,8 @@ async fn every_error_class_is_a_status() {
     check(&v, &["metadata.name"]);
     let (_, v) = c.post(SVCS, &json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}]}})).await;
     check(&v, &["spec.ports[0].port"]);
-    let (_, v) = c.post(SVCS, &json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}})).await;
+    let (_, v) =
+        c.post(SVCS, &json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}})).await;
     check(&v, &["spec.ports[0].nodePort"]);
     let (_, v) = c.post(SVCS, &json!({"metadata": {"name": "s"}, "spec": {"type": "Magic", "ports": [{"port": 80}]}})).await;
     check(&v, &["spec.type"]);

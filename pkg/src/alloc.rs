@@ -85,10 +85,7 @@ impl Cidr {
             return None;
         }
         let count = 1u64 << (prefix - self.prefix);
-        (n < count).then(|| Cidr {
-            addr: Ipv4Addr::from(u32::from(self.addr) + (n << (32 - prefix)) as u32),
-            prefix,
-        })
+        (n < count).then(|| Cidr { addr: Ipv4Addr::from(u32::from(self.addr) + (n << (32 - prefix)) as u32), prefix })
     }
     pub fn subnet_count(&self, prefix: u8) -> u64 {
         if prefix < self.prefix {

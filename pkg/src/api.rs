@@ -213,11 +213,7 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
 pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition, now: &str) {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(old) => {
-            new.last_transition_time = if old.status == new.status {
-                old.last_transition_time.clone()
-            } else {
-                Some(now.to_string())
-            };
+            new.last_transition_time = if old.status == new.status { old.last_transition_time.clone() } else { Some(now.to_string()) };
             *old = new;
         }
         None => {
@@ -230,8 +226,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition, now: &
 impl Pod {
     /// Running with a `Ready=True` condition: what the endpoints controller puts behind a service.
     pub fn is_ready(&self) -> bool {
-        self.status.phase.as_deref() == Some("Running")
-            && condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+        self.status.phase.as_deref() == Some("Running") && condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
     }
     /// Succeeded or Failed: the pod will not run again.
     pub fn is_terminal(&self) -> bool {
@@ -442,11 +437,7 @@ impl Node {
         condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
     }
     pub fn internal_ip(&self) -> Option<&str> {
-        self.status
-            .addresses
-            .iter()
-            .find(|a| a.type_ == "InternalIP")
-            .map(|a| a.address.as_str())
+        self.status.addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.as_str())
     }
 }
 
@@ -510,25 +501,13 @@ pub struct StatusCause {
 
 impl StatusCause {
     pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, why: &str) -> Self {
-        StatusCause {
-            reason: "FieldValueInvalid".into(),
-            message: format!("Invalid value: {value}: {why}"),
-            field: field.into(),
-        }
+        StatusCause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {value}: {why}"), field: field.into() }
     }
     pub fn required(field: impl Into<String>) -> Self {
-        StatusCause {
-            reason: "FieldValueRequired".into(),
-            message: "Required value".into(),
-            field: field.into(),
-        }
+        StatusCause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: field.into() }
     }
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
-        StatusCause {
-            reason: "FieldValueDuplicate".into(),
-            message: format!("Duplicate value: {value}"),
-            field: field.into(),
-        }
+        StatusCause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {value}"), field: field.into() }
     }
     pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
@@ -567,12 +546,8 @@ impl Status {
     /// `422 Invalid`, listing every cause, as `kubectl` prints them.
     pub fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
         let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-        let mut s = Self::failure(
-            422,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {}", msgs.join(", ")),
-        )
-        .with_details(&kind.to_lowercase(), name);
+        let mut s = Self::failure(422, "Invalid", format!("{kind} \"{name}\" is invalid: {}", msgs.join(", ")))
+            .with_details(&kind.to_lowercase(), name);
         s.details.as_mut().unwrap().causes = causes;
         s
     }

@@ -59,7 +59,10 @@ mod tests {
         assert_eq!(pick_node(&ssd, &nodes, &HashMap::from([("n2".to_string(), 50)])), Ok("n2"));
         let gpu: Pod = serde_json::from_value(json!({"spec": {"nodeSelector": {"gpu": "yes"}}})).unwrap();
         let err = pick_node(&gpu, &nodes, &counts).unwrap_err();
-        assert_eq!(err, "0/3 nodes are available: 1 node(s) were not ready or were unschedulable, 2 node(s) didn't match Pod's node affinity/selector.");
+        assert_eq!(
+            err,
+            "0/3 nodes are available: 1 node(s) were not ready or were unschedulable, 2 node(s) didn't match Pod's node affinity/selector."
+        );
         assert!(pick_node(&pod, &[], &counts).unwrap_err().contains("no nodes"));
     }
 }

@@ -48,9 +48,7 @@ fn split_top_level(s: &str) -> Vec<&str> {
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 fn valid_value(v: &str) -> bool {
@@ -109,11 +107,7 @@ impl LabelSelector {
 
     /// The selector a service's `spec.selector` map stands for: every pair must be equal.
     pub fn from_map(m: &BTreeMap<String, String>) -> Self {
-        Self(
-            m.iter()
-                .map(|(k, v)| Requirement { key: k.clone(), op: Op::In(vec![v.clone()]) })
-                .collect(),
-        )
+        Self(m.iter().map(|(k, v)| Requirement { key: k.clone(), op: Op::In(vec![v.clone()]) }).collect())
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -174,8 +168,17 @@ mod tests {
     fn every_operator() {
         let l = labels(&[("app", "web"), ("tier", "front"), ("env", "prod")]);
         let yes = [
-            "", "app=web", "app==web", "tier!=db", "env in (prod, staging)", "env notin (dev)",
-            "app", "!missing", "app=web,tier in (front),!missing", "missing!=x", "missing notin (a)",
+            "",
+            "app=web",
+            "app==web",
+            "tier!=db",
+            "env in (prod, staging)",
+            "env notin (dev)",
+            "app",
+            "!missing",
+            "app=web,tier in (front),!missing",
+            "missing!=x",
+            "missing notin (a)",
         ];
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s} should match");

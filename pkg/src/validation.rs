@@ -80,10 +80,18 @@ pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusC
 fn labels_valid(labels: &BTreeMap<String, String>, field: &str, causes: &mut Vec<StatusCause>) {
     for (k, v) in labels {
         if !is_label_key(k) {
-            causes.push(StatusCause::invalid(field, format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.'"));
+            causes.push(StatusCause::invalid(
+                field,
+                format!("\"{k}\""),
+                "name part must consist of alphanumeric characters, '-', '_' or '.'",
+            ));
         }
         if !is_label_value(v) {
-            causes.push(StatusCause::invalid(format!("{field}.{k}"), format!("\"{v}\""), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', at most 63 characters"));
+            causes.push(StatusCause::invalid(
+                format!("{field}.{k}"),
+                format!("\"{v}\""),
+                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', at most 63 characters",
+            ));
         }
     }
 }
@@ -128,7 +136,11 @@ pub fn validate_pod(pod: &Pod) -> Vec<StatusCause> {
             protocol_valid(&p.protocol, format!("{f}.ports[{j}].protocol"), &mut c);
             if let Some(n) = &p.name {
                 if !is_port_name(n) {
-                    c.push(StatusCause::invalid(format!("{f}.ports[{j}].name"), format!("\"{n}\""), "must be an IANA_SVC_NAME (at most 15 characters, lowercase alphanumerics and '-')"));
+                    c.push(StatusCause::invalid(
+                        format!("{f}.ports[{j}].name"),
+                        format!("\"{n}\""),
+                        "must be an IANA_SVC_NAME (at most 15 characters, lowercase alphanumerics and '-')",
+                    ));
                 }
             }
         }
@@ -196,7 +208,11 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
         },
     }
     if ty == "ExternalName" && !matches!(spec.cluster_ip.as_deref(), None | Some("")) {
-        c.push(StatusCause::invalid("spec.clusterIP", format!("\"{}\"", spec.cluster_ip.as_deref().unwrap_or("")), "may not be set for ExternalName services"));
+        c.push(StatusCause::invalid(
+            "spec.clusterIP",
+            format!("\"{}\"", spec.cluster_ip.as_deref().unwrap_or("")),
+            "may not be set for ExternalName services",
+        ));
     }
     let mut names = HashSet::new();
     let mut seen = HashSet::new();
@@ -221,9 +237,11 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
         }
         match &p.target_port {
             Some(IntOrString::Int(t)) => port_valid(*t, format!("{f}.targetPort"), &mut c),
-            Some(IntOrString::Str(s)) if !is_port_name(s) => {
-                c.push(StatusCause::invalid(format!("{f}.targetPort"), format!("\"{s}\""), "must contain at least one letter and be an IANA_SVC_NAME"))
-            }
+            Some(IntOrString::Str(s)) if !is_port_name(s) => c.push(StatusCause::invalid(
+                format!("{f}.targetPort"),
+                format!("\"{s}\""),
+                "must contain at least one letter and be an IANA_SVC_NAME",
+            )),
             _ => {}
         }
         if let Some(np) = p.node_port.filter(|&n| n != 0) {
@@ -231,7 +249,11 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
             if !spec.wants_node_ports() {
                 c.push(StatusCause::invalid(nf, np, &format!("may not be used when `type` is '{ty}'")));
             } else if !ranges.node_ports.contains(np) {
-                c.push(StatusCause::invalid(nf, np, &format!("provided port is not in the valid range. The range of valid ports is {}", ranges.node_ports)));
+                c.push(StatusCause::invalid(
+                    nf,
+                    np,
+                    &format!("provided port is not in the valid range. The range of valid ports is {}", ranges.node_ports),
+                ));
             } else if !node_ports.insert((np, p.protocol().to_string())) {
                 c.push(StatusCause::duplicate(nf, np));
             }
@@ -253,7 +275,11 @@ pub fn validate_node(node: &Node) -> Vec<StatusCause> {
     }
     for (i, a) in node.status.addresses.iter().enumerate() {
         if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") && a.address.parse::<Ipv4Addr>().is_err() {
-            c.push(StatusCause::invalid(format!("status.addresses[{i}].address"), format!("\"{}\"", a.address), "must be a valid IP address"));
+            c.push(StatusCause::invalid(
+                format!("status.addresses[{i}].address"),
+                format!("\"{}\"", a.address),
+                "must be a valid IP address",
+            ));
         }
     }
     c
@@ -271,7 +297,11 @@ pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
     for (i, s) in ep.subsets.iter().enumerate() {
         for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
             if a.ip.parse::<Ipv4Addr>().is_err() {
-                c.push(StatusCause::invalid(format!("subsets[{i}].addresses[{j}].ip"), format!("\"{}\"", a.ip), "must be a valid IP address"));
+                c.push(StatusCause::invalid(
+                    format!("subsets[{i}].addresses[{j}].ip"),
+                    format!("\"{}\"", a.ip),
+                    "must be a valid IP address",
+                ));
             }
         }
         for (j, p) in s.ports.iter().enumerate() {
@@ -319,7 +349,13 @@ mod tests {
         let c = validate_pod(&pod);
         assert_eq!(
             fields(&c),
-            ["metadata.name", "spec.containers[0].ports[0].containerPort", "spec.containers[1].name", "spec.containers[1].image", "spec.restartPolicy"]
+            [
+                "metadata.name",
+                "spec.containers[0].ports[0].containerPort",
+                "spec.containers[1].name",
+                "spec.containers[1].image",
+                "spec.restartPolicy"
+            ]
         );
     }
 
@@ -352,7 +388,8 @@ mod tests {
 
     #[test]
     fn node_cidr_must_parse() {
-        let n: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/33"}})).unwrap();
+        let n: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/33"}})).unwrap();
         assert_eq!(fields(&validate_node(&n)), ["spec.podCIDR"]);
     }
 }

@@ -89,6 +89,10 @@ async fn schedule_pending(api: &Api, pods: &mut HashMap<(String, String), Pod>, 
                     message: Some(why),
                     ..Default::default()
                 };
+                // Check the cached copy first: most passes have nothing new to say.
+                if !set_if_changed(&mut pod.clone(), cond.clone(), &now) {
+                    continue;
+                }
                 api.modify::<Pod>(Some(&ns), &name, true, |p| set_if_changed(p, cond.clone(), &now)).await
             }
         };
@@ -100,7 +104,9 @@ async fn schedule_pending(api: &Api, pods: &mut HashMap<(String, String), Pod>, 
 
 /// Set a pod condition; report whether anything changed (so an unchanged reason is not rewritten).
 fn set_if_changed(p: &mut Pod, cond: Condition, now: &str) -> bool {
-    if condition(&p.status.conditions, &cond.type_).is_some_and(|c| c.status == cond.status && c.reason == cond.reason && c.message == cond.message) {
+    if condition(&p.status.conditions, &cond.type_)
+        .is_some_and(|c| c.status == cond.status && c.reason == cond.reason && c.message == cond.message)
+    {
         return false;
     }
     set_condition(&mut p.status.conditions, cond, now);

@@ -129,9 +129,7 @@ impl Cluster {
 
     /// Register a Ready node the way an agent does: create it, then post its status.
     pub async fn ready_node(&self, name: &str, ip: &str, labels: Value) -> Value {
-        let node = self
-            .create("/api/v1/nodes", serde_json::json!({"metadata": {"name": name, "labels": labels}}))
-            .await;
+        let node = self.create("/api/v1/nodes", serde_json::json!({"metadata": {"name": name, "labels": labels}})).await;
         self.heartbeat(name, ip).await;
         node
     }

@@ -1,0 +1,166 @@
+//! Benchmark: apiserver latency over a real etcd, beside raw etcd latency in the same run,
+//! so the apiserver's overhead is a ratio. Prints a table; asserts nothing.
+//!
+//! For 1,000 and 10,000 stored pods: p50/p99 of create, get and list (all pods of the
+//! namespace), and the delay from a write to its watch event (apiserver watch vs etcd watch).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn pct(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1].as_secs_f64() * 1000.0;
+    (at(0.50), at(0.99))
+}
+
+fn bench_pod(name: &str) -> Value {
+    let mut p = pod(name, json!({"app": "bench", "tier": "front"}));
+    // Bound, as most pods in a cluster are; a realistic size (about 1 KiB of JSON).
+    p["spec"]["nodeName"] = json!("bench-node");
+    p["spec"]["containers"][0]["env"] = json!([{"name": "MODE", "value": "benchmark"}, {"name": "LEVEL", "value": "info"}]);
+    p["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "100m", "memory": "64Mi"}});
+    p["metadata"]["annotations"] = json!({"example.com/owner": "bench", "example.com/purpose": "latency measurement"});
+    p
+}
+
+async fn timed<F: std::future::Future<Output = ()>>(f: F) -> Duration {
+    let t = Instant::now();
+    f.await;
+    t.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    let c = Cluster::start().await;
+    let mut etcd = etcd_client::Client::connect([c.etcd.url.as_str()], None).await.unwrap();
+    let sample = serde_json::to_vec(&bench_pod("raw")).unwrap();
+    println!("payload: {} bytes of JSON per pod; etcd {}", sample.len(), c.etcd.url);
+    println!("{:<34} {:>10} {:>10}", "operation", "p50 ms", "p99 ms");
+    let row = |name: &str, (p50, p99): (f64, f64)| println!("{name:<34} {p50:>10.3} {p99:>10.3}");
+
+    // Raw etcd, same machine, same run.
+    let mut puts = vec![];
+    let mut gets = vec![];
+    for i in 0..500 {
+        let key = format!("/bench/raw/{i}");
+        let t = Instant::now();
+        etcd.put(key.as_str(), sample.clone(), None).await.unwrap();
+        puts.push(t.elapsed());
+        let t = Instant::now();
+        etcd.get(key.as_str(), None).await.unwrap();
+        gets.push(t.elapsed());
+    }
+    let (raw_put, raw_get) = (pct(puts), pct(gets));
+    row("etcd put (raw)", raw_put);
+    row("etcd get (raw)", raw_get);
+    let mut raw_watch = vec![];
+    {
+        let (_w, mut stream) = etcd.watch("/bench/watch/", Some(etcd_client::WatchOptions::new().with_prefix())).await.unwrap();
+        for i in 0..200 {
+            let t = Instant::now();
+            etcd.put(format!("/bench/watch/{i}"), sample.clone(), None).await.unwrap();
+            stream.message().await.unwrap();
+            raw_watch.push(t.elapsed());
+        }
+    }
+    let raw_watch = pct(raw_watch);
+    row("etcd put -> watch event (raw)", raw_watch);
+
+    let mut stored = 0usize;
+    for target in [1_000usize, 10_000] {
+        // Fill (not measured), 16 at a time.
+        let fill = target - 200;
+        while stored < fill {
+            let batch: Vec<_> = (stored..(stored + 16).min(fill))
+                .map(|i| {
+                    let (http, url) = (c.http.clone(), c.url(PODS));
+                    tokio::spawn(async move { http.post(url).json(&bench_pod(&format!("fill-{i}"))).send().await.unwrap().status() })
+                })
+                .collect();
+            for t in batch {
+                assert_eq!(t.await.unwrap(), 201);
+            }
+            stored = (stored + 16).min(fill);
+        }
+        println!("-- {target} pods stored --");
+        let mut creates = vec![];
+        for i in 0..200 {
+            let body = bench_pod(&format!("m{target}-{i}"));
+            creates.push(timed(async { assert_eq!(c.http.post(c.url(PODS)).json(&body).send().await.unwrap().status(), 201) }).await);
+        }
+        stored += 200;
+        let create = pct(creates);
+        let mut gets = vec![];
+        for i in 0..200 {
+            let url = c.url(&format!("{PODS}/m{target}-{i}"));
+            gets.push(
+                timed(async {
+                    c.http.get(url).send().await.unwrap().bytes().await.unwrap();
+                })
+                .await,
+            );
+        }
+        let get = pct(gets);
+        let rounds = if target > 5000 { 10 } else { 30 };
+        let mut lists = vec![];
+        let mut body = Default::default();
+        for _ in 0..rounds {
+            lists.push(timed(async { body = c.http.get(c.url(PODS)).send().await.unwrap().bytes().await.unwrap() }).await);
+        }
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), target);
+        let list = pct(lists);
+        let mut raw_lists = vec![];
+        for _ in 0..rounds {
+            let opts = etcd_client::GetOptions::new().with_prefix();
+            let mut kv = etcd.kv_client().max_decoding_message_size(512 << 20);
+            raw_lists
+                .push(timed(async { assert_eq!(kv.get("/registry/pods/default/", Some(opts)).await.unwrap().kvs().len(), target) }).await);
+        }
+        let raw_list = pct(raw_lists);
+        // Write -> watch event through the apiserver.
+        let (_, l) = c.get(PODS).await;
+        let rv = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let resp = c.http.get(c.url(&format!("{PODS}?watch=true&resourceVersion={rv}"))).send().await.unwrap();
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        let mut watch = vec![];
+        for i in 0..200 {
+            let name = format!("m{target}-{i}");
+            let t = Instant::now();
+            let patch = c
+                .http
+                .patch(c.url(&format!("{PODS}/{name}")))
+                .header("Content-Type", "application/merge-patch+json")
+                .body(format!(r#"{{"metadata":{{"labels":{{"round":"{i}"}}}}}}"#))
+                .send();
+            assert_eq!(patch.await.unwrap().status(), 200);
+            while !buf.contains(&b'\n') {
+                buf.extend_from_slice(&stream.next().await.unwrap().unwrap());
+            }
+            let i = buf.iter().position(|&b| b == b'\n').unwrap();
+            buf.drain(..=i);
+            watch.push(t.elapsed());
+        }
+        let watch = pct(watch);
+        row(&format!("create pod [{target}]"), create);
+        row(&format!("get pod [{target}]"), get);
+        row(&format!("list {target} pods"), list);
+        row(&format!("etcd range of {target} pods (raw)"), raw_list);
+        row(&format!("write -> watch event [{target}]"), watch);
+        println!(
+            "ratio vs raw etcd (p50): create/put {:.1}x, get/get {:.1}x, list/range {:.1}x, watch {:.1}x",
+            create.0 / raw_put.0,
+            get.0 / raw_get.0,
+            list.0 / raw_list.0,
+            watch.0 / raw_watch.0
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The in-process controllers against a real etcd: endpoints, scheduler, node lifecycle.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// Play the kubelet: mark a pod Running (ready or not) with an IP.
+async fn set_running(c: &Cluster, name: &str, ip: &str, ready: bool) {
+    let (_, mut p) = c.get(&format!("{PODS}/{name}")).await;
+    p["status"]["phase"] = json!("Running");
+    p["status"]["podIP"] = json!(ip);
+    p["status"]["conditions"] = json!([{"type": "Ready", "status": if ready { "True" } else { "False" }}]);
+    let (code, v) = c.put(&format!("{PODS}/{name}/status"), &p).await;
+    assert_eq!(code, 200, "{v}");
+}
+
+async fn endpoint_ips(c: &Cluster, svc: &str) -> Vec<String> {
+    let (code, ep) = c.get(&format!("/api/v1/namespaces/default/endpoints/{svc}")).await;
+    if code != 200 {
+        return vec![];
+    }
+    let mut ips: Vec<String> = ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .map(|a| a["ip"].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips
+}
+
+async fn wait_ips(c: &Cluster, svc: &str, want: &[&str]) -> Value {
+    eventually(10, &format!("endpoints {svc} = {want:?}"), || async { (endpoint_ips(c, svc).await == want).then_some(()) }).await;
+    c.get(&format!("/api/v1/namespaces/default/endpoints/{svc}")).await.1
+}
+
+#[tokio::test]
+async fn endpoints_follow_pods_and_services() {
+    let c = Cluster::start().await;
+    for (n, labels) in
+        [("a", json!({"app": "web", "tier": "front"})), ("b", json!({"app": "web", "tier": "front"})), ("c", json!({"app": "web"}))]
+    {
+        let mut p = pod(n, labels);
+        p["spec"]["nodeName"] = json!("node1");
+        c.create(PODS, p).await;
+    }
+    c.create(
+        "/api/v1/namespaces/default/services",
+        json!({"metadata": {"name": "web", "labels": {"team": "blue"}}, "spec": {"selector": {"app": "web", "tier": "front"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    )
+    .await;
+    // No pod is ready yet: the Endpoints object exists and is empty.
+    let ep = eventually(10, "an Endpoints object", || async {
+        let (code, v) = c.get("/api/v1/namespaces/default/endpoints/web").await;
+        (code == 200).then_some(v)
+    })
+    .await;
+    assert_eq!(ep["metadata"]["labels"]["team"], "blue");
+    assert_eq!(endpoint_ips(&c, "web").await, Vec::<String>::new());
+
+    set_running(&c, "a", "10.244.0.10", true).await;
+    set_running(&c, "c", "10.244.0.12", true).await; // does not match the whole selector
+    let ep = wait_ips(&c, "web", &["10.244.0.10"]).await;
+    let s = &ep["subsets"][0];
+    assert_eq!(s["ports"][0], json!({"name": "http", "port": 8080, "protocol": "TCP"}), "named port resolved");
+    assert_eq!(s["addresses"][0]["nodeName"], "node1");
+    assert_eq!(s["addresses"][0]["targetRef"]["name"], "a");
+
+    // Running but not ready: listed as not ready only.
+    set_running(&c, "b", "10.244.0.11", false).await;
+    let ep = eventually(10, "b among notReadyAddresses", || async {
+        let (_, v) = c.get("/api/v1/namespaces/default/endpoints/web").await;
+        (v["subsets"][0]["notReadyAddresses"][0]["ip"] == "10.244.0.11").then_some(v)
+    })
+    .await;
+    assert_eq!(ep["subsets"][0]["addresses"].as_array().unwrap().len(), 1);
+    set_running(&c, "b", "10.244.0.11", true).await;
+    wait_ips(&c, "web", &["10.244.0.10", "10.244.0.11"]).await;
+
+    // A pod that stops being ready, loses its label or is deleted leaves.
+    set_running(&c, "a", "10.244.0.10", false).await;
+    wait_ips(&c, "web", &["10.244.0.11"]).await;
+    let r = c.http.delete(c.url(&format!("{PODS}/b?gracePeriodSeconds=0"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    wait_ips(&c, "web", &[]).await;
+
+    // The service changes its selector: the endpoints follow.
+    let (_, mut svc) = c.get("/api/v1/namespaces/default/services/web").await;
+    svc["spec"]["selector"] = json!({"app": "web"});
+    assert_eq!(c.put("/api/v1/namespaces/default/services/web", &svc).await.0, 200);
+    wait_ips(&c, "web", &["10.244.0.12"]).await;
+
+    // Deleting the service deletes its Endpoints.
+    c.delete("/api/v1/namespaces/default/services/web").await;
+    eventually(10, "endpoints to go", || async { (c.get("/api/v1/namespaces/default/endpoints/web").await.0 == 404).then_some(()) }).await;
+}
+
+#[tokio::test]
+async fn scheduler_places_pods() {
+    let c = Cluster::start().await;
+    // No node yet: the pod waits, and says why.
+    c.create(PODS, pod("early", json!({}))).await;
+    let p = eventually(10, "PodScheduled=False", || async {
+        let (_, p) = c.get(&format!("{PODS}/early")).await;
+        (p["status"]["conditions"][0]["reason"] == "Unschedulable").then_some(p)
+    })
+    .await;
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert!(p["status"]["conditions"][0]["message"].as_str().unwrap().contains("0/0 nodes"));
+
+    c.ready_node("node1", "172.30.0.11", json!({"disk": "hdd"})).await;
+    c.ready_node("node2", "172.30.0.12", json!({"disk": "ssd"})).await;
+    // A node that is registered but not Ready takes nothing.
+    c.create("/api/v1/nodes", json!({"metadata": {"name": "node3"}})).await;
+    let node_of = |name: String| {
+        let c = &c;
+        async move {
+            eventually(10, &format!("{name} bound"), || async {
+                let (_, p) = c.get(&format!("{PODS}/{name}")).await;
+                p["spec"]["nodeName"].as_str().map(String::from)
+            })
+            .await
+        }
+    };
+    let first = node_of("early".into()).await;
+    assert!(first == "node1" || first == "node2");
+    for i in 0..5 {
+        c.create(PODS, pod(&format!("p{i}"), json!({}))).await;
+    }
+    let mut counts = std::collections::HashMap::new();
+    *counts.entry(first).or_insert(0) += 1;
+    for i in 0..5 {
+        *counts.entry(node_of(format!("p{i}")).await).or_insert(0) += 1;
+    }
+    assert_eq!((counts.get("node1"), counts.get("node2")), (Some(&3), Some(&3)), "spread evenly: {counts:?}");
+    assert!(!counts.contains_key("node3"));
+
+    // nodeSelector is honoured, even against the balance.
+    for i in 0..3 {
+        let mut p = pod(&format!("ssd{i}"), json!({}));
+        p["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+        c.create(PODS, p).await;
+        assert_eq!(node_of(format!("ssd{i}")).await, "node2");
+    }
+    let (_, p) = c.get(&format!("{PODS}/ssd0")).await;
+    assert!(p["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "True"));
+
+    // A selector no node matches: Pending with the reason.
+    let mut p = pod("gpu", json!({}));
+    p["spec"]["nodeSelector"] = json!({"gpu": "yes"});
+    c.create(PODS, p).await;
+    let p = eventually(10, "gpu unschedulable", || async {
+        let (_, p) = c.get(&format!("{PODS}/gpu")).await;
+        (p["status"]["conditions"][0]["reason"] == "Unschedulable").then_some(p)
+    })
+    .await;
+    assert!(p["spec"]["nodeName"].is_null());
+    let msg = p["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("didn't match Pod's node affinity/selector") && msg.contains("not ready"), "{msg}");
+}
+
+#[tokio::test]
+async fn nodes_without_heartbeats_become_not_ready() {
+    let c = Cluster::start_with(|cfg| cfg.node_monitor_grace_period = Duration::from_secs(2)).await;
+    c.ready_node("node1", "172.30.0.11", json!({})).await;
+    c.ready_node("node2", "172.30.0.12", json!({})).await;
+    // node1 keeps beating, node2 falls silent.
+    let ready = |n: &Value| n["status"]["conditions"][0]["status"].as_str().map(String::from);
+    let beats = async {
+        for _ in 0..12 {
+            c.heartbeat("node1", "172.30.0.11").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    beats.await;
+    let (_, n1) = c.get("/api/v1/nodes/node1").await;
+    let (_, n2) = c.get("/api/v1/nodes/node2").await;
+    assert_eq!(ready(&n1).as_deref(), Some("True"));
+    assert_eq!(ready(&n2).as_deref(), Some("False"), "{n2}");
+    assert_eq!(n2["status"]["conditions"][0]["reason"], "NodeStatusUnknown");
+    // The node keeps its CIDR and becomes Ready again when it beats again.
+    c.heartbeat("node2", "172.30.0.12").await;
+    let (_, n2b) = c.get("/api/v1/nodes/node2").await;
+    assert_eq!(ready(&n2b).as_deref(), Some("True"));
+    assert_eq!(n2b["spec"]["podCIDR"], n2["spec"]["podCIDR"]);
+}
