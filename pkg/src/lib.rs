@@ -4,6 +4,7 @@
 //! - [`validation`]: the checks behind `422 Invalid`;
 //! - [`selector`]: label and field selectors;
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
+//! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
 //! - [`endpoints`] and [`scheduler`]: the decisions of the two controllers, as pure functions.
 
 pub mod alloc;
@@ -11,4 +12,5 @@ pub mod api;
 pub mod endpoints;
 pub mod scheduler;
 pub mod selector;
+pub mod proxy;
 pub mod validation;

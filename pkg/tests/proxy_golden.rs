@@ -1,0 +1,113 @@
+//! Golden files: fixed services and endpoints render to checked-in `iptables-restore`
+//! text. Run with `UPDATE_GOLDEN=1` to rewrite them after an intended change, then read
+//! the diff.
+
+use pkg::api::{Endpoints, Service};
+use pkg::proxy::{service_ports, Planner};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+fn svc(v: serde_json::Value) -> Service {
+    serde_json::from_value(v).unwrap()
+}
+
+fn eps(ns: &str, name: &str, port_name: Option<&str>, port: u16, protocol: &str, ips: &[&str]) -> Endpoints {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "subsets": [{"addresses": ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
+                     "ports": [{"name": port_name, "port": port, "protocol": protocol}]}]
+    }))
+    .unwrap()
+}
+
+/// The blog's example: a NodePort service `webapp` on 30001 in front of four pods on
+/// two nodes; plus a ClusterIP service, a UDP one and one with no endpoints.
+fn fixture() -> (Vec<Service>, Vec<Endpoints>) {
+    let services = vec![
+        svc(json!({"metadata": {"name": "webapp", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.100", "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30001, "protocol": "TCP"}]}})),
+        svc(json!({"metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.4.2", "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]}})),
+        svc(json!({"metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}})),
+        svc(json!({"metadata": {"name": "empty", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.9.9", "ports": [{"port": 80, "nodePort": 30009, "protocol": "TCP"}]}})),
+    ];
+    let endpoints = vec![
+        eps("default", "webapp", None, 8080, "TCP", &["10.244.0.2", "10.244.0.3", "10.244.1.2", "10.244.1.3"]),
+        eps("shop", "api", Some("http"), 9000, "TCP", &["10.244.1.7", "10.244.0.9"]),
+        eps("kube-system", "dns", Some("dns"), 53, "UDP", &["10.244.0.4"]),
+    ];
+    (services, endpoints)
+}
+
+fn check(name: &str, got: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(got, want, "{name} differs from the golden file; UPDATE_GOLDEN=1 rewrites it");
+}
+
+fn ports(services: &[Service], endpoints: &[Endpoints]) -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
+    let by_name: BTreeMap<String, &Endpoints> =
+        endpoints.iter().map(|e| (format!("{}/{}", e.metadata.namespace.as_deref().unwrap(), e.metadata.name), e)).collect();
+    service_ports(services, &by_name)
+}
+
+#[test]
+fn full_sync_matches_golden() {
+    let (s, e) = fixture();
+    let plan = Planner::default().plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
+    check("full.iptables", &plan.ruleset.text);
+    // 4 fixed rules + 2 per clusterIP port with endpoints (3) + last + 2 nodeport
+    // + webapp 4 SVC + 4*2 SEP + api 2 + 2*2 + dns 1 + 2 + 2 REJECTs.
+    assert_eq!(plan.ruleset.rules, 4 + 6 + 1 + 2 + 12 + 6 + 3 + 2);
+}
+
+#[test]
+fn names_are_stable_across_runs() {
+    let (s, e) = fixture();
+    let a = Planner::default().plan("10.244.0.0/16", &ports(&s, &e), true, &[]).ruleset.text;
+    let mut rev_s = s.clone();
+    rev_s.reverse();
+    let b = Planner::default().plan("10.244.0.0/16", &ports(&rev_s, &e), true, &[]).ruleset.text;
+    assert_eq!(a, b);
+    assert!(a.contains(":KUBE-SVC-"));
+}
+
+#[test]
+fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains() {
+    let (s, e) = fixture();
+    let mut planner = Planner::default();
+    let first = planner.plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
+    let api_chains: Vec<String> = first.ruleset.text.lines().filter(|l| l.starts_with(":KUBE-S")).map(|l| l[1..].split(' ').next().unwrap().to_string()).collect();
+    planner.applied(first);
+
+    // Nothing changed: only the dispatch chains are written.
+    let same = planner.plan("10.244.0.0/16", &ports(&s, &e), false, &[]);
+    assert_eq!(same.written, 0);
+    assert!(same.deleted.is_empty());
+    planner.applied(same);
+
+    // One endpoint of webapp goes away: only webapp's chains are rewritten, its SEP deleted.
+    let mut e2 = e.clone();
+    e2[0].subsets[0].addresses.pop();
+    let plan = planner.plan("10.244.0.0/16", &ports(&s, &e2), false, &[]);
+    check("partial-endpoint-removed.iptables", &plan.ruleset.text);
+    assert_eq!(plan.written, 1);
+    assert_eq!(plan.deleted.len(), 1);
+    planner.applied(plan);
+
+    // The `api` service is deleted: exactly its SVC and SEP chains go.
+    let s3: Vec<Service> = s.iter().filter(|x| x.metadata.name != "api").cloned().collect();
+    let plan = planner.plan("10.244.0.0/16", &ports(&s3, &e2), false, &[]);
+    let api_port = pkg::proxy::ServicePort { name: "shop/api:http".into(), protocol: "tcp".into(), cluster_ip: None, port: 0, node_port: None, endpoints: vec![] };
+    let mut want = vec![api_port.svc_chain(), api_port.sep_chain("10.244.0.9", 9000), api_port.sep_chain("10.244.1.7", 9000)];
+    want.sort();
+    assert_eq!(plan.deleted, want);
+    assert!(want.iter().all(|c| api_chains.contains(c)));
+    assert!(!plan.ruleset.text.contains("shop/api:http cluster IP"));
+    assert!(plan.ruleset.text.contains(&format!("-X {}", want[0])));
+}
