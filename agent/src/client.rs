@@ -1,0 +1,159 @@
+//! A small client for the apiserver (client-go's REST client and informers, reduced):
+//! typed get/list/create/update, and an informer that lists, watches from the list's
+//! resourceVersion and lists again whenever the watch breaks (including `410 Gone`).
+
+use futures::StreamExt;
+use pkg::api::{Object, Status};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("apiserver: {} ({}): {}", .0.code, .0.reason, .0.message)]
+    Api(Box<Status>),
+    #[error("apiserver unreachable: {0}")]
+    Transport(#[from] reqwest::Error),
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ClientError::Api(s) => s.code,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct List<T> {
+    items: Vec<T>,
+    metadata: ListMeta,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    resource_version: String,
+}
+
+#[derive(Deserialize)]
+struct WatchEvent {
+    #[serde(rename = "type")]
+    type_: String,
+    object: serde_json::Value,
+}
+
+/// What an informer reports.
+pub enum Change<T> {
+    /// A fresh full list: replace the cache.
+    Synced(Vec<T>),
+    Upsert(T),
+    Deleted(T),
+}
+
+/// The collection URL of a kind: `/api/v1/pods` (all namespaces) or `/api/v1/nodes`.
+pub fn collection<T: Object>(ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) if T::NAMESPACED => format!("/api/v1/namespaces/{ns}/{}", T::RESOURCE),
+        _ => format!("/api/v1/{}", T::RESOURCE),
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().expect("http client");
+        Client { base: base.trim_end_matches('/').to_string(), http }
+    }
+
+    async fn decode<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, ClientError> {
+        let code = resp.status();
+        let body = resp.bytes().await?;
+        if !code.is_success() {
+            return Err(match serde_json::from_slice::<Status>(&body) {
+                Ok(s) => ClientError::Api(Box::new(s)),
+                Err(_) => ClientError::Decode(format!("{code}: {}", String::from_utf8_lossy(&body))),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    pub async fn list<T: Object>(&self, path: &str) -> Result<(Vec<T>, String), ClientError> {
+        let l: List<T> = Self::decode(self.http.get(format!("{}{path}", self.base)).send().await?).await?;
+        Ok((l.items, l.metadata.resource_version))
+    }
+
+    pub async fn get<T: Object>(&self, path: &str) -> Result<T, ClientError> {
+        Self::decode(self.http.get(format!("{}{path}", self.base)).send().await?).await
+    }
+
+    pub async fn create<T: Object>(&self, path: &str, obj: &T) -> Result<T, ClientError> {
+        Self::decode(self.http.post(format!("{}{path}", self.base)).json(obj).send().await?).await
+    }
+
+    pub async fn update<T: Object>(&self, path: &str, obj: &T) -> Result<T, ClientError> {
+        Self::decode(self.http.put(format!("{}{path}", self.base)).json(obj).send().await?).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        Self::decode(self.http.delete(format!("{}{path}", self.base)).send().await?).await
+    }
+
+    /// List `path` (with an optional selector query), then watch it, sending every change
+    /// to `tx` until the receiver is dropped. Never returns an error: it lists again.
+    pub fn spawn_informer<T: Object, M: Send + 'static>(&self, path: String, tx: UnboundedSender<M>, wrap: fn(Change<T>) -> M) {
+        let client = self.clone();
+        tokio::spawn(async move {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            loop {
+                match client.list::<T>(&path).await {
+                    Ok((items, rv)) => {
+                        if tx.send(wrap(Change::Synced(items))).is_err() {
+                            return;
+                        }
+                        let url = format!("{}{path}{sep}watch=true&resourceVersion={rv}&timeoutSeconds=600", client.base);
+                        match client.http.get(url).send().await {
+                            Ok(resp) if resp.status().is_success() => {
+                                let mut stream = resp.bytes_stream();
+                                let mut buf: Vec<u8> = Vec::new();
+                                'read: while let Some(Ok(chunk)) = stream.next().await {
+                                    buf.extend_from_slice(&chunk);
+                                    while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                                        let line: Vec<u8> = buf.drain(..=i).collect();
+                                        let Ok(ev) = serde_json::from_slice::<WatchEvent>(&line) else { continue };
+                                        let change = match ev.type_.as_str() {
+                                            "ADDED" | "MODIFIED" => serde_json::from_value(ev.object).ok().map(Change::Upsert),
+                                            "DELETED" => serde_json::from_value(ev.object).ok().map(Change::Deleted),
+                                            _ => break 'read, // ERROR (e.g. 410 Gone): list again
+                                        };
+                                        if let Some(c) = change {
+                                            if tx.send(wrap(c)).is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            Ok(resp) => tracing::warn!(kind = T::KIND, status = %resp.status(), "watch refused"),
+                            Err(e) => tracing::warn!(kind = T::KIND, error = %e, "watch failed"),
+                        }
+                    }
+                    Err(e) => tracing::warn!(kind = T::KIND, error = %e, "list failed"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,29 @@
+//! The agent's own HTTP port (the kubelet's 10250, minus authentication): `/healthz` and
+//! `/debug/proxy`, which shows the proxy's last ruleset and sync statistics so a learner
+//! can compare them with `iptables-save -t nat`.
+
+use crate::proxy::Stats;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub struct DebugState {
+    pub proxy: Arc<Mutex<Stats>>,
+}
+
+pub fn router(state: DebugState) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy)).with_state(state)
+}
+
+/// JSON statistics; `?format=text` gives only the ruleset, as `iptables-restore` reads it.
+async fn proxy(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let stats = s.proxy.lock().unwrap().clone();
+    if q.get("format").map(String::as_str) == Some("text") {
+        return stats.last_ruleset.into_response();
+    }
+    axum::Json(stats).into_response()
+}

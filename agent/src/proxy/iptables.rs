@@ -1,0 +1,104 @@
+//! Running `iptables`, `iptables-save`, `iptables-restore` and `conntrack`, always as
+//! argument vectors (never a shell), optionally prefixed (`ip netns exec NAME`) so tests
+//! can aim them at a throwaway network namespace.
+
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("{cmd} failed ({code:?}): {stderr}")]
+    Failed { cmd: String, code: Option<i32>, stderr: String },
+    #[error("could not run {0}: {1}")]
+    Spawn(String, std::io::Error),
+}
+
+/// Where the commands run: this network namespace, or another one through a prefix.
+#[derive(Clone, Debug, Default)]
+pub struct Runner {
+    pub prefix: Vec<String>,
+}
+
+impl Runner {
+    /// Commands run inside the named network namespace (`ip netns exec NAME ...`).
+    pub fn in_netns(name: &str) -> Runner {
+        Runner { prefix: vec!["ip".into(), "netns".into(), "exec".into(), name.into()] }
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut argv: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        argv.push(program);
+        argv.extend_from_slice(args);
+        let mut c = Command::new(argv[0]);
+        c.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c
+    }
+
+    /// Run a command; `Ok(false)` when it exited 1 (iptables' "no such rule"), error otherwise.
+    pub async fn run(&self, program: &str, args: &[&str]) -> Result<bool, IptablesError> {
+        let out = self.command(program, args).output().await.map_err(|e| IptablesError::Spawn(program.into(), e))?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            code => Err(IptablesError::Failed { cmd: format!("{program} {}", args.join(" ")), code, stderr: String::from_utf8_lossy(&out.stderr).into() }),
+        }
+    }
+
+    /// Make sure a chain exists in a table.
+    pub async fn ensure_chain(&self, table: &str, chain: &str) -> Result<(), IptablesError> {
+        if !self.run("iptables", &["-w", "-t", table, "-S", chain]).await? {
+            self.run("iptables", &["-w", "-t", table, "-N", chain]).await?;
+        }
+        Ok(())
+    }
+
+    /// Make sure a rule exists (once) at the top of a chain: `-C`, then `-I` if missing.
+    pub async fn ensure_rule(&self, table: &str, chain: &str, rule: &[String]) -> Result<(), IptablesError> {
+        let mut check = vec!["-w", "-t", table, "-C", chain];
+        check.extend(rule.iter().map(String::as_str));
+        if !self.run("iptables", &check).await? {
+            check[3] = "-I";
+            if !self.run("iptables", &check).await? {
+                return Err(IptablesError::Failed { cmd: format!("iptables {}", check.join(" ")), code: Some(1), stderr: String::new() });
+            }
+        }
+        Ok(())
+    }
+
+    /// `iptables-save -t TABLE`.
+    pub async fn save(&self, table: &str) -> Result<String, IptablesError> {
+        let out = self.command("iptables-save", &["-t", table]).output().await.map_err(|e| IptablesError::Spawn("iptables-save".into(), e))?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed { cmd: "iptables-save".into(), code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into() });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Feed a ruleset to `iptables-restore --noflush`: each table's part is committed
+    /// atomically, and chains the text does not name are left as they are.
+    pub async fn restore(&self, text: &str) -> Result<(), IptablesError> {
+        let mut child = self
+            .command("iptables-restore", &["-w", "--noflush"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(text.as_bytes()).await.map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        drop(stdin);
+        let out = child.wait_with_output().await.map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                cmd: "iptables-restore --noflush".into(),
+                code: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Chain names declared in an `iptables-save` listing.
+pub fn chains(save: &str) -> Vec<String> {
+    save.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split(' ').next()).map(String::from).collect()
+}

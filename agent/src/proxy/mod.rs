@@ -1,0 +1,226 @@
+//! kube-proxy (iptables mode): watch Services and Endpoints, keep the `nat` table's KUBE-*
+//! chains in step with them.
+//!
+//! Each sync renders the rules ([`pkg::proxy`]) and loads them with one
+//! `iptables-restore --noflush`: either every change or none is visible. Changes that
+//! arrive together are batched into one sync. A *full* sync (at start, after a failure, and
+//! every `resync` period) writes every chain, ensures the jumps from the built-in chains
+//! exist exactly once, and removes KUBE-SVC/KUBE-SEP chains nothing needs any more (read
+//! from `iptables-save`); in between, a *partial* sync rewrites only the chains of the
+//! services that changed. Rules not named KUBE-* are never touched, and the rules stay
+//! in the kernel while the agent is down.
+
+pub mod iptables;
+
+use crate::client::{Change, Client};
+use iptables::Runner;
+use pkg::api::{Endpoints, Service};
+use pkg::proxy::{jumps, service_ports, Planner, ServicePort};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What `/debug/proxy` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub syncs: u64,
+    pub full_syncs: u64,
+    pub failed_syncs: u64,
+    pub last_sync_full: bool,
+    pub last_sync_millis: f64,
+    /// Service ports whose own chains the last sync wrote.
+    pub last_sync_service_ports_written: usize,
+    pub last_sync_chains_deleted: usize,
+    /// `-A` rules in the last ruleset loaded.
+    pub rules: usize,
+    pub service_ports: usize,
+    pub last_error: Option<String>,
+    /// The text last fed to `iptables-restore --noflush`.
+    pub last_ruleset: String,
+}
+
+pub struct Proxier {
+    runner: Runner,
+    cluster_cidr: String,
+    planner: Planner,
+    last_ports: BTreeMap<(String, String), ServicePort>,
+    need_full: bool,
+    pub stats: Arc<Mutex<Stats>>,
+}
+
+impl Proxier {
+    pub fn new(runner: Runner, cluster_cidr: &str) -> Proxier {
+        Proxier {
+            runner,
+            cluster_cidr: cluster_cidr.to_string(),
+            planner: Planner::default(),
+            last_ports: BTreeMap::new(),
+            need_full: true,
+            stats: Default::default(),
+        }
+    }
+
+    /// Host settings kube-proxy needs: forwarding, and NodePorts on 127.0.0.1.
+    pub async fn prepare_host(&self) {
+        for (key, val) in [("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.route_localnet", "1")] {
+            let kv = format!("{key}={val}");
+            if let Err(e) = self.runner.run("sysctl", &["-q", "-w", &kv]).await {
+                tracing::warn!(%kv, error = %e, "could not set sysctl");
+            }
+        }
+    }
+
+    /// Converge the kernel's rules to these services and endpoints.
+    pub async fn sync(&mut self, services: &[&Service], endpoints: &BTreeMap<String, &Endpoints>) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let full = self.need_full;
+        let result = self.try_sync(services, endpoints, full).await;
+        let mut st = self.stats.lock().unwrap();
+        st.syncs += 1;
+        st.last_sync_millis = start.elapsed().as_secs_f64() * 1000.0;
+        match &result {
+            Ok(()) => {
+                self.need_full = false;
+                st.last_error = None;
+                if full {
+                    st.full_syncs += 1;
+                }
+                st.last_sync_full = full;
+            }
+            Err(e) => {
+                // Whatever is in the kernel now, the next sync rewrites it all.
+                self.need_full = true;
+                self.planner.reset();
+                st.failed_syncs += 1;
+                st.last_error = Some(format!("{e:#}"));
+            }
+        }
+        result
+    }
+
+    /// Ask for the next sync to be full (the periodic resync).
+    pub fn request_full(&mut self) {
+        self.need_full = true;
+    }
+
+    async fn try_sync(&mut self, services: &[&Service], endpoints: &BTreeMap<String, &Endpoints>, full: bool) -> anyhow::Result<()> {
+        let mut existing = vec![];
+        if full {
+            for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])] {
+                for c in chains {
+                    self.runner.ensure_chain(table, c).await?;
+                }
+            }
+            for (table, chain, rule) in jumps() {
+                self.runner.ensure_rule(table, chain, &rule).await?;
+            }
+            existing = iptables::chains(&self.runner.save("nat").await?);
+        }
+        let ports = service_ports(services.iter().copied(), endpoints);
+        let plan = self.planner.plan(&self.cluster_cidr, &ports, full, &existing);
+        self.runner.restore(&plan.ruleset.text).await?;
+        self.clear_udp_conntrack(&ports).await;
+        {
+            let mut st = self.stats.lock().unwrap();
+            st.rules = plan.ruleset.rules;
+            st.service_ports = ports.len();
+            st.last_sync_service_ports_written = plan.written;
+            st.last_sync_chains_deleted = plan.deleted.len();
+            st.last_ruleset = plan.ruleset.text.clone();
+        }
+        tracing::debug!(full, written = plan.written, deleted = plan.deleted.len(), rules = plan.ruleset.rules, "proxy synced");
+        self.planner.applied(plan);
+        self.last_ports = ports;
+        Ok(())
+    }
+
+    /// UDP has no connection to close: conntrack keeps sending a flow to the endpoint it
+    /// first picked. When an endpoint goes, delete its flows so clients move on.
+    async fn clear_udp_conntrack(&self, ports: &BTreeMap<(String, String), ServicePort>) {
+        for (key, old) in self.last_ports.iter().filter(|(_, p)| p.protocol == "udp") {
+            let still: Vec<&String> = ports.get(key).map(|p| p.endpoints.iter().map(|(ip, _)| ip).collect()).unwrap_or_default();
+            for (ip, _) in old.endpoints.iter().filter(|(ip, _)| !still.contains(&ip)) {
+                if let Some(cip) = &old.cluster_ip {
+                    let _ = self.runner.run("conntrack", &["-D", "-p", "udp", "--orig-dst", cip, "--dst-nat", ip]).await;
+                }
+                if let Some(np) = old.node_port {
+                    let _ = self.runner.run("conntrack", &["-D", "-p", "udp", "--orig-port-dst", &np.to_string(), "--dst-nat", ip]).await;
+                }
+            }
+        }
+    }
+}
+
+enum Msg {
+    Svc(Change<Service>),
+    Ep(Change<Endpoints>),
+}
+
+fn key<T: pkg::api::Object>(o: &T) -> String {
+    format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name)
+}
+
+fn apply<T: pkg::api::Object>(cache: &mut HashMap<String, T>, c: Change<T>) {
+    match c {
+        Change::Synced(items) => *cache = items.into_iter().map(|o| (key(&o), o)).collect(),
+        Change::Upsert(o) => drop(cache.insert(key(&o), o)),
+        Change::Deleted(o) => drop(cache.remove(&key(&o))),
+    }
+}
+
+/// The proxy's loop: informers feed caches; each burst of changes becomes one sync; a
+/// failed sync is retried; every `resync` a full sync repairs anything changed behind our back.
+pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
+    proxier.prepare_host().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client.spawn_informer("/api/v1/services".into(), tx.clone(), Msg::Svc);
+    client.spawn_informer("/api/v1/endpoints".into(), tx, Msg::Ep);
+    let mut services: HashMap<String, Service> = HashMap::new();
+    let mut endpoints: HashMap<String, Endpoints> = HashMap::new();
+    let (mut have_svcs, mut have_eps) = (false, false);
+    let mut dirty = false;
+    let mut next_full = Instant::now() + resync;
+    loop {
+        let wait = if dirty { Duration::from_secs(1) } else { next_full.saturating_duration_since(Instant::now()) };
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(None) => return,
+            Ok(Some(first)) => {
+                // Batch: take what is queued, and what arrives in the next few milliseconds.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let mut next = Some(first);
+                while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match m {
+                        Msg::Svc(c) => {
+                            have_svcs |= matches!(c, Change::Synced(_));
+                            apply(&mut services, c)
+                        }
+                        Msg::Ep(c) => {
+                            have_eps |= matches!(c, Change::Synced(_));
+                            apply(&mut endpoints, c)
+                        }
+                    }
+                }
+                dirty = true;
+            }
+            Err(_) if Instant::now() >= next_full => {
+                proxier.request_full();
+                next_full = Instant::now() + resync;
+                dirty = true;
+            }
+            Err(_) => {} // retry after a failure
+        }
+        // Never sync from half a picture: wait until both lists have arrived once.
+        if !(dirty && have_svcs && have_eps) {
+            continue;
+        }
+        let svcs: Vec<&Service> = services.values().collect();
+        let eps: BTreeMap<String, &Endpoints> = endpoints.iter().map(|(k, v)| (k.clone(), v)).collect();
+        match proxier.sync(&svcs, &eps).await {
+            Ok(()) => dirty = false,
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
+        }
+    }
+}

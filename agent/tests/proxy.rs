@@ -1,0 +1,195 @@
+//! kube-proxy against the real `iptables` (nf_tables backend) inside throwaway network
+//! namespaces: a client reaches backends through a ClusterIP and a NodePort.
+
+mod netns;
+use agent::proxy::{iptables::Runner, Proxier};
+use netns::*;
+use pkg::api::{Endpoints, Service};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+/// Each backend answers TCP on 8080 and UDP on 5353 with its own name.
+fn serve_backends(lab: &Lab) {
+    for (i, b) in lab.backends.iter().enumerate() {
+        let name = format!("be{}", i + 1);
+        let n2 = name.clone();
+        let ready = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let (r1, r2) = (ready.clone(), ready.clone());
+        b.run(move || {
+            let l = TcpListener::bind("0.0.0.0:8080").unwrap();
+            r1.wait();
+            for mut s in l.incoming().flatten() {
+                let _ = s.write_all(name.as_bytes());
+            }
+        });
+        b.run(move || {
+            let u = UdpSocket::bind("0.0.0.0:5353").unwrap();
+            r2.wait();
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(n2.as_bytes(), from);
+            }
+        });
+        ready.wait();
+    }
+}
+
+/// `n` TCP connections from the client namespace; who answered, how often.
+fn tcp_hits(lab: &Lab, target: &str, n: usize) -> HashMap<String, usize> {
+    let target: SocketAddr = target.parse().unwrap();
+    lab.client
+        .run(move || {
+            let mut hits = HashMap::new();
+            for _ in 0..n {
+                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("connect through the service");
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut who = String::new();
+                s.read_to_string(&mut who).unwrap();
+                *hits.entry(who).or_insert(0) += 1;
+            }
+            hits
+        })
+        .join()
+        .unwrap()
+}
+
+fn svc(name: &str, ip: &str, ports: serde_json::Value, ty: &str) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"type": ty, "clusterIP": ip, "ports": ports}})).unwrap()
+}
+
+fn eps(name: &str, backends: &[usize], ports: serde_json::Value) -> Endpoints {
+    let addrs: Vec<_> = backends.iter().map(|&i| json!({"ip": Lab::backend_ip(i)})).collect();
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "subsets": [{"addresses": addrs, "ports": ports}]})).unwrap()
+}
+
+struct World {
+    services: Vec<Service>,
+    endpoints: Vec<Endpoints>,
+}
+
+impl World {
+    async fn sync(&self, p: &mut Proxier) {
+        let s: Vec<&Service> = self.services.iter().collect();
+        let e: BTreeMap<String, &Endpoints> = self.endpoints.iter().map(|e| (format!("default/{}", e.metadata.name), e)).collect();
+        p.sync(&s, &e).await.expect("sync");
+    }
+}
+
+/// `iptables-save` of a table without the comment lines (they carry timestamps).
+fn save(lab: &Lab, table: &str) -> String {
+    let (ok, out) = exec(&lab.node.name, &["iptables-save", "-t", table]);
+    assert!(ok, "{out}");
+    out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_and_node_port_reach_every_backend() {
+    let lab = Lab::new(3);
+    serve_backends(&lab);
+    let node = lab.node.name.clone();
+    // Rules that are not ours, which must survive every sync.
+    assert!(exec(&node, &["iptables", "-t", "nat", "-N", "MY-CHAIN"]).0);
+    assert!(exec(&node, &["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-m", "comment", "--comment", "not ownkube", "-j", "RETURN"]).0);
+
+    let mut proxier = Proxier::new(Runner::in_netns(&node), "10.244.0.0/16");
+    proxier.prepare_host().await;
+    let tcp = json!([{"port": 80, "targetPort": 8080, "nodePort": 30001, "protocol": "TCP"}]);
+    let mut world = World {
+        services: vec![
+            svc("web", "10.96.0.50", tcp.clone(), "NodePort"),
+            svc("dns", "10.96.0.53", json!([{"name": "dns", "port": 53, "protocol": "UDP"}]), "ClusterIP"),
+            svc("empty", "10.96.0.99", json!([{"port": 80, "protocol": "TCP", "nodePort": 30009}]), "NodePort"),
+        ],
+        endpoints: vec![
+            eps("web", &[0, 1, 2], json!([{"port": 8080, "protocol": "TCP"}])),
+            eps("dns", &[0, 1, 2], json!([{"name": "dns", "port": 5353, "protocol": "UDP"}])),
+        ],
+    };
+    world.sync(&mut proxier).await;
+
+    // ClusterIP and NodePort: 200 connections each, spread over all three backends.
+    for target in ["10.96.0.50:80", &format!("{NODE_IP}:30001")] {
+        let hits = tcp_hits(&lab, target, 200);
+        assert_eq!(hits.len(), 3, "{target}: {hits:?}");
+        assert!(hits.values().all(|&n| n >= 20), "{target}: uneven {hits:?}");
+    }
+
+    // A service without endpoints refuses at once instead of hanging.
+    let refused = lab
+        .client
+        .run(|| TcpStream::connect_timeout(&"10.96.0.99:80".parse().unwrap(), Duration::from_secs(3)).map(|_| ()).map_err(|e| e.kind()))
+        .join()
+        .unwrap();
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+
+    // UDP: a client keeps its backend through conntrack...
+    let sock = lab.client.run(|| {
+        let u = UdpSocket::bind("0.0.0.0:40000").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        u
+    });
+    let sock = sock.join().unwrap();
+    let ask = |u: &UdpSocket| {
+        u.send_to(b"who", "10.96.0.53:53").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = u.recv_from(&mut buf).expect("udp answer");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = ask(&sock);
+    assert_eq!(ask(&sock), first, "same flow, same backend");
+
+    // ... until its endpoint is removed: the flow is cleared and moves elsewhere.
+    let gone: usize = first.trim_start_matches("be").parse::<usize>().unwrap() - 1;
+    let keep: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    world.endpoints[1] = eps("dns", &keep, json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]));
+    // And one TCP endpoint goes too: no new connection reaches it.
+    world.endpoints[0] = eps("web", &[0, 1], json!([{"port": 8080, "protocol": "TCP"}]));
+    world.sync(&mut proxier).await;
+    let after = ask(&sock);
+    assert_ne!(after, first, "conntrack entry for the removed UDP endpoint was cleared");
+    let hits = tcp_hits(&lab, "10.96.0.50:80", 200);
+    assert!(!hits.contains_key("be3"), "removed endpoint still reached: {hits:?}");
+    assert_eq!(hits.len(), 2);
+
+    // Syncing again changes nothing.
+    let before = save(&lab, "nat");
+    world.sync(&mut proxier).await;
+    assert_eq!(save(&lab, "nat"), before);
+
+    // A restarted proxy (nothing remembered) converges to the same rules, one set of jumps.
+    let mut restarted = Proxier::new(Runner::in_netns(&node), "10.244.0.0/16");
+    world.sync(&mut restarted).await;
+    world.sync(&mut restarted).await;
+    let nat = save(&lab, "nat");
+    assert_eq!(nat, before);
+    for jump in ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"] {
+        assert_eq!(nat.lines().filter(|l| *l == jump).count(), 1, "{jump}\n{nat}");
+    }
+
+    // Deleting a service removes its chains; unrelated rules are still there.
+    let mut web_chains: Vec<String> = nat
+        .lines()
+        .filter(|l| l.contains("default/web:") && (l.starts_with("-A KUBE-SVC-") || l.starts_with("-A KUBE-SEP-")))
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    web_chains.dedup();
+    assert_eq!(web_chains.len(), 3, "web's SVC chain and two SEP chains");
+    world.services.retain(|s| s.metadata.name != "web");
+    world.endpoints.retain(|e| e.metadata.name != "web");
+    world.sync(&mut restarted).await;
+    let nat = save(&lab, "nat");
+    let left: Vec<&String> = web_chains.iter().filter(|c| nat.contains(c.as_str())).collect();
+    assert!(left.is_empty(), "chains of the deleted service left: {left:?}\n{nat}");
+    assert!(nat.contains("kube-system") || nat.contains("default/dns:dns"), "the other service stays");
+    assert!(!nat.contains("default/web"), "{nat}");
+    assert!(nat.contains(":MY-CHAIN") && nat.contains("not ownkube"), "unrelated rules survive:\n{nat}");
+    let refused = lab
+        .client
+        .run(|| TcpStream::connect_timeout(&format!("{NODE_IP}:30001").parse().unwrap(), Duration::from_secs(3)).map(|_| ()).map_err(|e| e.kind()))
+        .join()
+        .unwrap();
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+}
