@@ -57,12 +57,16 @@ fn tcp_hits(lab: &Lab, target: &str, n: usize) -> HashMap<String, usize> {
 }
 
 fn svc(name: &str, ip: &str, ports: serde_json::Value, ty: &str) -> Service {
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"type": ty, "clusterIP": ip, "ports": ports}})).unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"type": ty, "clusterIP": ip, "ports": ports}}),
+    )
+    .unwrap()
 }
 
 fn eps(name: &str, backends: &[usize], ports: serde_json::Value) -> Endpoints {
     let addrs: Vec<_> = backends.iter().map(|&i| json!({"ip": Lab::backend_ip(i)})).collect();
-    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "subsets": [{"addresses": addrs, "ports": ports}]})).unwrap()
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "subsets": [{"addresses": addrs, "ports": ports}]}))
+        .unwrap()
 }
 
 struct World {
@@ -92,7 +96,27 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
     let node = lab.node.name.clone();
     // Rules that are not ours, which must survive every sync.
     assert!(exec(&node, &["iptables", "-t", "nat", "-N", "MY-CHAIN"]).0);
-    assert!(exec(&node, &["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-m", "comment", "--comment", "not ownkube", "-j", "RETURN"]).0);
+    assert!(
+        exec(
+            &node,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                "192.0.2.0/24",
+                "-m",
+                "comment",
+                "--comment",
+                "not ownkube",
+                "-j",
+                "RETURN"
+            ]
+        )
+        .0
+    );
 
     let mut proxier = Proxier::new(Runner::in_netns(&node), "10.244.0.0/16");
     proxier.prepare_host().await;
@@ -165,7 +189,11 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
     world.sync(&mut restarted).await;
     let nat = save(&lab, "nat");
     assert_eq!(nat, before);
-    for jump in ["-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES", "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"] {
+    for jump in [
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    ] {
         assert_eq!(nat.lines().filter(|l| *l == jump).count(), 1, "{jump}\n{nat}");
     }
 
@@ -188,7 +216,11 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
     assert!(nat.contains(":MY-CHAIN") && nat.contains("not ownkube"), "unrelated rules survive:\n{nat}");
     let refused = lab
         .client
-        .run(|| TcpStream::connect_timeout(&format!("{NODE_IP}:30001").parse().unwrap(), Duration::from_secs(3)).map(|_| ()).map_err(|e| e.kind()))
+        .run(|| {
+            TcpStream::connect_timeout(&format!("{NODE_IP}:30001").parse().unwrap(), Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        })
         .join()
         .unwrap();
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));

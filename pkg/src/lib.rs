@@ -10,7 +10,7 @@
 pub mod alloc;
 pub mod api;
 pub mod endpoints;
+pub mod proxy;
 pub mod scheduler;
 pub mod selector;
-pub mod proxy;
 pub mod validation;

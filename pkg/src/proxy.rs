@@ -222,7 +222,10 @@ pub fn render(
     }
     add(
         &mut body,
-        format!("-A KUBE-SERVICES {} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS", comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")),
+        format!(
+            "-A KUBE-SERVICES {} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
+            comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+        ),
     );
     for r in nodeports.into_iter().chain(service_rules) {
         add(&mut body, r);
@@ -239,7 +242,11 @@ pub fn render(
         let p = &sp.protocol;
         let c = comment(&format!("{} has no endpoints", sp.name));
         if let Some(ip) = &sp.cluster_ip {
-            let _ = writeln!(text, "-A KUBE-SERVICES {c} -d {ip}/32 -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable", sp.port);
+            let _ = writeln!(
+                text,
+                "-A KUBE-SERVICES {c} -d {ip}/32 -p {p} -m {p} --dport {} -j REJECT --reject-with icmp-port-unreachable",
+                sp.port
+            );
             rules += 1;
         }
         if let Some(np) = sp.node_port {
@@ -312,7 +319,14 @@ pub fn jumps() -> Vec<(&'static str, &'static str, Vec<String>)> {
         ("nat", "PREROUTING", with(c("kubernetes service portals"), &["-j", "KUBE-SERVICES"])),
         ("nat", "OUTPUT", with(c("kubernetes service portals"), &["-j", "KUBE-SERVICES"])),
         ("nat", "POSTROUTING", with(c("kubernetes postrouting rules"), &["-j", "KUBE-POSTROUTING"])),
-        ("filter", "INPUT", with(c("kubernetes externally-visible service portals"), &["-m", "conntrack", "--ctstate", "NEW", "-j", "KUBE-EXTERNAL-SERVICES"])),
+        (
+            "filter",
+            "INPUT",
+            with(
+                c("kubernetes externally-visible service portals"),
+                &["-m", "conntrack", "--ctstate", "NEW", "-j", "KUBE-EXTERNAL-SERVICES"],
+            ),
+        ),
         ("filter", "FORWARD", with(c("kubernetes service portals"), &["-m", "conntrack", "--ctstate", "NEW", "-j", "KUBE-SERVICES"])),
         ("filter", "OUTPUT", with(c("kubernetes service portals"), &["-m", "conntrack", "--ctstate", "NEW", "-j", "KUBE-SERVICES"])),
     ]
@@ -325,7 +339,14 @@ mod tests {
     #[test]
     fn hashes_are_base32_of_sha256() {
         // The chain every cluster has: the `kubernetes` service's https port.
-        let sp = ServicePort { name: "default/kubernetes:https".into(), protocol: "tcp".into(), cluster_ip: None, port: 443, node_port: None, endpoints: vec![] };
+        let sp = ServicePort {
+            name: "default/kubernetes:https".into(),
+            protocol: "tcp".into(),
+            cluster_ip: None,
+            port: 443,
+            node_port: None,
+            endpoints: vec![],
+        };
         assert_eq!(sp.svc_chain(), "KUBE-SVC-NPX46M4PTMTKRN6Y");
         let h = hash16("default/web:80tcp");
         assert_eq!(h.len(), 16);
@@ -345,7 +366,8 @@ mod tests {
             endpoints: (1..=4).map(|i| (format!("10.244.0.{i}"), 8080)).collect(),
         };
         let r = render_service(&sp);
-        let probs: Vec<&str> = r.rules.iter().filter_map(|l| l.split("--probability ").nth(1)).map(|s| s.split(' ').next().unwrap()).collect();
+        let probs: Vec<&str> =
+            r.rules.iter().filter_map(|l| l.split("--probability ").nth(1)).map(|s| s.split(' ').next().unwrap()).collect();
         assert_eq!(probs, ["0.2500000000", "0.3333333333", "0.5000000000"]);
         assert!(r.rules[3].ends_with(&format!("-j {}", sp.sep_chain("10.244.0.4", 8080))), "last is unconditional");
     }

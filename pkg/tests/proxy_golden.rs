@@ -82,7 +82,8 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
     let (s, e) = fixture();
     let mut planner = Planner::default();
     let first = planner.plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
-    let api_chains: Vec<String> = first.ruleset.text.lines().filter(|l| l.starts_with(":KUBE-S")).map(|l| l[1..].split(' ').next().unwrap().to_string()).collect();
+    let api_chains: Vec<String> =
+        first.ruleset.text.lines().filter(|l| l.starts_with(":KUBE-S")).map(|l| l[1..].split(' ').next().unwrap().to_string()).collect();
     planner.applied(first);
 
     // Nothing changed: only the dispatch chains are written.
@@ -103,7 +104,14 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
     // The `api` service is deleted: exactly its SVC and SEP chains go.
     let s3: Vec<Service> = s.iter().filter(|x| x.metadata.name != "api").cloned().collect();
     let plan = planner.plan("10.244.0.0/16", &ports(&s3, &e2), false, &[]);
-    let api_port = pkg::proxy::ServicePort { name: "shop/api:http".into(), protocol: "tcp".into(), cluster_ip: None, port: 0, node_port: None, endpoints: vec![] };
+    let api_port = pkg::proxy::ServicePort {
+        name: "shop/api:http".into(),
+        protocol: "tcp".into(),
+        cluster_ip: None,
+        port: 0,
+        node_port: None,
+        endpoints: vec![],
+    };
     let mut want = vec![api_port.svc_chain(), api_port.sep_chain("10.244.0.9", 9000), api_port.sep_chain("10.244.1.7", 9000)];
     want.sort();
     assert_eq!(plan.deleted, want);

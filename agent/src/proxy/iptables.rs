@@ -41,7 +41,11 @@ impl Runner {
         match out.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
-            code => Err(IptablesError::Failed { cmd: format!("{program} {}", args.join(" ")), code, stderr: String::from_utf8_lossy(&out.stderr).into() }),
+            code => Err(IptablesError::Failed {
+                cmd: format!("{program} {}", args.join(" ")),
+                code,
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            }),
         }
     }
 
@@ -68,9 +72,14 @@ impl Runner {
 
     /// `iptables-save -t TABLE`.
     pub async fn save(&self, table: &str) -> Result<String, IptablesError> {
-        let out = self.command("iptables-save", &["-t", table]).output().await.map_err(|e| IptablesError::Spawn("iptables-save".into(), e))?;
+        let out =
+            self.command("iptables-save", &["-t", table]).output().await.map_err(|e| IptablesError::Spawn("iptables-save".into(), e))?;
         if !out.status.success() {
-            return Err(IptablesError::Failed { cmd: "iptables-save".into(), code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into() });
+            return Err(IptablesError::Failed {
+                cmd: "iptables-save".into(),
+                code: out.status.code(),
+                stderr: String::from_utf8_lossy(&out.stderr).into(),
+            });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

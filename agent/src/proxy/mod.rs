@@ -109,7 +109,8 @@ impl Proxier {
     async fn try_sync(&mut self, services: &[&Service], endpoints: &BTreeMap<String, &Endpoints>, full: bool) -> anyhow::Result<()> {
         let mut existing = vec![];
         if full {
-            for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])] {
+            for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])]
+            {
                 for c in chains {
                     self.runner.ensure_chain(table, c).await?;
                 }
