@@ -9,4 +9,6 @@
 
 pub mod client;
 pub mod debug;
+pub mod network;
 pub mod proxy;
+pub mod runtime;

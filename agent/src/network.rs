@@ -1,0 +1,295 @@
+//! Pod networking, what a CNI plugin (bridge + host-local IPAM) does for the kubelet, done
+//! with rtnetlink (netlink messages, no `ip` commands):
+//!
+//! - a bridge `cni0` holding the first address of the node's pod CIDR (the pods' gateway);
+//! - per pod, a network namespace (`/var/run/netns/<name>`, like `ip netns add`), a veth
+//!   pair with one end on the bridge (hairpin on) and the other moved into the pod as
+//!   `eth0` with the next free address and a default route via the bridge;
+//! - addresses recorded as files under the state dir (`ipam/<ip>` holding the pod's uid),
+//!   so a restarted agent hands out no address twice;
+//! - a route to every other node's pod CIDR via that node's IP.
+
+use futures::TryStreamExt;
+use pkg::alloc::Cidr;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const BRIDGE: &str = "cni0";
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// A netlink connection in this process's (the node's) network namespace.
+pub fn connect() -> anyhow::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A netlink connection whose socket lives in the named network namespace: opened from a
+/// thread that joined it, then used from anywhere.
+pub async fn connect_in(netns: &Path) -> anyhow::Result<Handle> {
+    let path = netns.to_path_buf();
+    let rt = tokio::runtime::Handle::current();
+    let (conn, handle) = std::thread::spawn(move || -> anyhow::Result<_> {
+        let f = std::fs::File::open(&path)?;
+        // SAFETY: changes only this short-lived thread's network namespace.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns {}: {}", path.display(), std::io::Error::last_os_error());
+        }
+        let _guard = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        Ok((conn, handle))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Create a named network namespace (as `ip netns add` does: a new namespace made by a
+/// thread, kept alive by a bind mount). Returns its path; an existing one is reused.
+pub fn create_netns(name: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(NETNS_DIR).join(name);
+    if is_netns(&path) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(NETNS_DIR)?;
+    std::fs::File::create(&path)?;
+    let target = path.clone();
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        // SAFETY: unshare affects only this thread, which ends right after.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("unshare: {}", std::io::Error::last_os_error());
+        }
+        let src = std::ffi::CString::new(format!("/proc/self/task/{}/ns/net", unsafe { libc::gettid() }))?;
+        let dst = std::ffi::CString::new(target.to_string_lossy().as_bytes())?;
+        // SAFETY: valid C strings; a bind mount of our own namespace file.
+        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+            anyhow::bail!("bind mount netns: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
+    Ok(path)
+}
+
+/// Whether `path` is a mounted network namespace.
+pub fn is_netns(path: &Path) -> bool {
+    // A bind-mounted nsfs file has a different device than the directory holding it.
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), std::fs::metadata(NETNS_DIR)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Unmount and remove a named network namespace (missing is fine).
+pub fn delete_netns(name: &str) {
+    let path = Path::new(NETNS_DIR).join(name);
+    if let Ok(c) = std::ffi::CString::new(path.to_string_lossy().as_bytes()) {
+        // SAFETY: valid C string; detaching a mount we made.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn link_index(h: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(Some(l)) => Ok(Some(l.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_addr(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+    h.address().add(index, ip.into(), prefix).replace().execute().await?;
+    Ok(())
+}
+
+/// The node side: bridge `cni0` with the gateway address, up.
+pub async fn ensure_bridge(h: &Handle, pod_cidr: Cidr) -> anyhow::Result<u32> {
+    let idx = match link_index(h, BRIDGE).await? {
+        Some(i) => i,
+        None => {
+            h.link().add(LinkBridge::new(BRIDGE).build()).execute().await?;
+            link_index(h, BRIDGE).await?.ok_or_else(|| anyhow::anyhow!("bridge vanished"))?
+        }
+    };
+    ensure_addr(h, idx, gateway(pod_cidr), pod_cidr.prefix).await?;
+    h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await?;
+    Ok(idx)
+}
+
+pub fn gateway(pod_cidr: Cidr) -> Ipv4Addr {
+    pod_cidr.nth(1).expect("a pod CIDR has room for a gateway")
+}
+
+/// The host end of a pod's veth: `veth` + 8 hex characters of the pod's name hash.
+pub fn host_veth(netns_name: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(netns_name.as_bytes());
+    format!("veth{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+}
+
+/// Wire a pod: veth pair, host end on the bridge, `eth0` in the pod with `ip`, loopback
+/// up, default route via the bridge. Safe to call again for a pod already wired.
+pub async fn attach_pod(h: &Handle, netns_name: &str, netns: &Path, pod_cidr: Cidr, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let host = host_veth(netns_name);
+    let bridge = ensure_bridge(h, pod_cidr).await?;
+    let pod = connect_in(netns).await?;
+    if link_index(&pod, "eth0").await?.is_none() {
+        if let Some(stale) = link_index(h, &host).await? {
+            h.link().del(stale).execute().await?;
+        }
+        let peer = format!("p{}", &host[1..]);
+        h.link().add(LinkVeth::new(&host, &peer).build()).execute().await?;
+        let peer_idx = link_index(h, &peer).await?.ok_or_else(|| anyhow::anyhow!("veth peer missing"))?;
+        let f = std::fs::File::open(netns)?;
+        h.link().set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(f.as_raw_fd()).build()).execute().await?;
+        let idx = link_index(&pod, &peer).await?.ok_or_else(|| anyhow::anyhow!("veth did not arrive in the pod"))?;
+        pod.link().set(LinkUnspec::new_with_index(idx).name("eth0").build()).execute().await?;
+    }
+    let host_idx = link_index(h, &host).await?.ok_or_else(|| anyhow::anyhow!("host veth missing"))?;
+    h.link().set(LinkUnspec::new_with_index(host_idx).controller(bridge).up().build()).execute().await?;
+    // Hairpin: let a pod reach itself through a service (its packet leaves and comes back on the same port).
+    let _ = std::fs::write(format!("/sys/class/net/{host}/brport/hairpin_mode"), "1");
+    let eth0 = link_index(&pod, "eth0").await?.ok_or_else(|| anyhow::anyhow!("eth0 missing"))?;
+    ensure_addr(&pod, eth0, ip, pod_cidr.prefix).await?;
+    pod.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await?;
+    if let Some(lo) = link_index(&pod, "lo").await? {
+        pod.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await?;
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(gateway(pod_cidr)).build();
+    pod.route().add(route).replace().execute().await?;
+    Ok(())
+}
+
+/// Remove a pod's veth (its peer goes with it) and its namespace.
+pub async fn detach_pod(h: &Handle, netns_name: &str) -> anyhow::Result<()> {
+    if let Some(idx) = link_index(h, &host_veth(netns_name)).await? {
+        h.link().del(idx).execute().await?;
+    }
+    delete_netns(netns_name);
+    Ok(())
+}
+
+/// Host veths on the bridge (for sweeping those of pods that are gone).
+pub async fn pod_veths(h: &Handle) -> anyhow::Result<Vec<String>> {
+    let mut out = vec![];
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await? {
+        for a in &l.attributes {
+            if let LinkAttribute::IfName(n) = a {
+                if n.starts_with("veth") && n.len() == 12 {
+                    out.push(n.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Make `dest` (another node's pod CIDR) reachable via `via` (that node's IP).
+pub async fn ensure_route(h: &Handle, dest: Cidr, via: Ipv4Addr) -> anyhow::Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.addr, dest.prefix).gateway(via).build();
+    h.route().add(route).replace().execute().await?;
+    Ok(())
+}
+
+pub async fn delete_route(h: &Handle, dest: Cidr, via: Ipv4Addr) -> anyhow::Result<()> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dest.addr, dest.prefix).gateway(via).build();
+    match h.route().del(route).execute().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// host-local IPAM: one file per address handed out, named by the address, holding the
+/// owner. Creating the file with `create_new` is the atomic claim.
+pub struct Ipam {
+    dir: PathBuf,
+    cidr: Cidr,
+}
+
+impl Ipam {
+    pub fn new(state_dir: &Path, cidr: Cidr) -> anyhow::Result<Ipam> {
+        let dir = state_dir.join("ipam").join(cidr.to_string().replace('/', "-"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Ipam { dir, cidr })
+    }
+
+    /// The address `owner` holds already, if any.
+    pub fn lookup(&self, owner: &str) -> Option<Ipv4Addr> {
+        self.all().into_iter().find(|(_, o)| o == owner).map(|(ip, _)| ip)
+    }
+
+    /// The owner's address, or the next free one (after the gateway) claimed for it.
+    pub fn allocate(&self, owner: &str) -> anyhow::Result<Ipv4Addr> {
+        if let Some(ip) = self.lookup(owner) {
+            return Ok(ip);
+        }
+        let usable = self.cidr.usable();
+        for n in usable.start + 1..usable.end {
+            let ip = self.cidr.nth(n).unwrap();
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(self.dir.join(ip.to_string())) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(owner.as_bytes())?;
+                    return Ok(ip);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("no free address left in {}", self.cidr)
+    }
+
+    pub fn release(&self, owner: &str) {
+        for (ip, o) in self.all() {
+            if o == owner {
+                let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+            }
+        }
+    }
+
+    /// Every (address, owner) handed out.
+    pub fn all(&self) -> Vec<(Ipv4Addr, String)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
+        rd.flatten()
+            .filter_map(|e| {
+                let ip = e.file_name().to_str()?.parse().ok()?;
+                Some((ip, std::fs::read_to_string(e.path()).ok()?))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipam_hands_out_each_address_once_and_remembers() {
+        let dir = std::env::temp_dir().join(format!("ipam-test-{}", std::process::id()));
+        let cidr: Cidr = "10.244.3.0/29".parse().unwrap();
+        let ipam = Ipam::new(&dir, cidr).unwrap();
+        let a = ipam.allocate("pod-a").unwrap();
+        let b = ipam.allocate("pod-b").unwrap();
+        assert_eq!((a.to_string().as_str(), b.to_string().as_str()), ("10.244.3.2", "10.244.3.3"));
+        assert_eq!(ipam.allocate("pod-a").unwrap(), a, "same owner, same address");
+        // A new Ipam over the same directory (an agent restart) knows both.
+        let again = Ipam::new(&dir, cidr).unwrap();
+        assert_eq!(again.lookup("pod-b"), Some(b));
+        again.release("pod-a");
+        assert_eq!(again.allocate("pod-c").unwrap(), a, "freed address reused");
+        for p in ["d", "e", "f"] {
+            again.allocate(p).unwrap();
+        }
+        assert!(again.allocate("g").is_err(), "/29 has 5 pod addresses");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
