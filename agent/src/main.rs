@@ -1,9 +1,13 @@
 //! `agent`: the ownkube node agent. See the crate docs of [`agent`].
 
 use agent::client::Client;
+use agent::kubelet::{self, Kubelet};
 use agent::proxy::{iptables::Runner, Proxier};
+use agent::registry::Registries;
+use agent::runtime::Runtime;
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -14,16 +18,41 @@ struct Flags {
     apiserver: String,
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
+    node_name: String,
+    /// This node's address (default: the address of the interface holding the default route).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// Where pods' logs, IP assignments and files live.
+    #[arg(long, default_value = "/var/lib/ownkube")]
+    state_dir: PathBuf,
     /// The cluster's pod network: traffic to a service from outside it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
-    /// Where the agent serves /healthz and /debug/proxy.
+    /// Where the agent serves /healthz, container logs and /debug/proxy.
     #[arg(long, default_value = "0.0.0.0:10250")]
     listen: SocketAddr,
     /// How often the proxy rewrites every chain, repairing anything changed behind its back.
     #[arg(long, default_value_t = 30)]
     iptables_resync_seconds: u64,
+    /// Registries reached over plain HTTP (repeatable).
+    #[arg(long)]
+    insecure_registry: Vec<String>,
+    /// NAME=URL: fetch images named NAME/... from URL (repeatable), e.g. localhost:5000=http://registry:5000.
+    #[arg(long)]
+    registry_mirror: Vec<String>,
+}
+
+/// The source address the kernel would use for the default route. A UDP "connect" sends
+/// nothing: it only asks the routing table.
+fn default_ip() -> anyhow::Result<Ipv4Addr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    s.connect("192.0.2.1:9")?;
+    match s.local_addr()?.ip() {
+        std::net::IpAddr::V4(ip) => Ok(ip),
+        other => anyhow::bail!("default route has no IPv4 address ({other})"),
+    }
 }
 
 #[tokio::main]
@@ -32,15 +61,37 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let flags = Flags::parse();
+    let node_ip = match flags.node_ip {
+        Some(ip) => ip,
+        None => default_ip()?,
+    };
+    let mut registries = Registries { insecure: flags.insecure_registry.clone(), ..Default::default() };
+    for m in &flags.registry_mirror {
+        let (name, url) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--registry-mirror wants NAME=URL, got {m:?}"))?;
+        registries.mirrors.insert(name.to_string(), url.to_string());
+    }
     let client = Client::new(&flags.apiserver);
     let proxier = Proxier::new(Runner::default(), &flags.cluster_cidr);
-    let debug = agent::debug::router(agent::debug::DebugState { proxy: proxier.stats.clone() });
+    let state = agent::debug::DebugState { proxy: proxier.stats.clone(), logs: Some((client.clone(), flags.state_dir.clone())) };
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
-    tokio::spawn(async move { axum::serve(listener, debug).await });
-    tracing::info!(apiserver = %flags.apiserver, node = ?flags.node_name, "agent starting");
+    tokio::spawn(async move { axum::serve(listener, agent::debug::router(state)).await });
+    tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, "agent starting");
+    let rt = Runtime::connect(&flags.containerd_socket).await?;
+    let cfg = kubelet::Config {
+        node_name: flags.node_name.clone(),
+        node_ip,
+        cluster_cidr: flags.cluster_cidr.clone(),
+        state_dir: flags.state_dir.clone(),
+        port: flags.listen.port(),
+        registries,
+        heartbeat: Duration::from_secs(10),
+        netns: None,
+    };
+    let kubelet = Kubelet::start(client.clone(), rt, cfg).await?;
     tokio::select! {
+        _ = kubelet.run() => {}
         _ = agent::proxy::run(client, proxier, Duration::from_secs(flags.iptables_resync_seconds)) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; rules stay in place"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods and rules stay in place"),
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ pub async fn api_resources() -> Json<Value> {
             r("nodes/status", "", false, "Node", &[], &sub),
             r("pods", "pod", true, "Pod", &["po"], &all),
             r("pods/status", "", true, "Pod", &[], &sub),
+            r("pods/log", "", true, "Pod", &[], &["get"]),
             r("services", "service", true, "Service", &["svc"], &all),
             r("services/status", "", true, "Service", &[], &sub),
             r("endpoints", "endpoints", true, "Endpoints", &["ep"], &all),

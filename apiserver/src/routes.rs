@@ -124,6 +124,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    if let ("pods", Some(name), Some("log"), Some(ns)) = (t.resource.as_str(), t.name.as_deref(), t.sub.as_deref(), t.ns.as_deref()) {
+        return pod_log(api, ns, name, p).await;
+    }
     match t.resource.as_str() {
         "pods" => handle::<Pod>(api, method, t, p, h, body).await,
         "services" => handle::<Service>(api, method, t, p, h, body).await,
@@ -132,6 +135,51 @@ async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &Header
         "namespaces" => handle::<Namespace>(api, method, t, p, h, body).await,
         other => Err(ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({other})"))),
     }
+}
+
+/// `GET …/pods/{name}/log[?container=C]`: fetched from the agent of the pod's node (its
+/// InternalIP and the port it advertises in `daemonEndpoints`), as kube-apiserver does
+/// from the kubelet.
+async fn pod_log(api: &Api, ns: &str, name: &str, p: &Params) -> Result<Response, ApiError> {
+    let pod: Pod = api.get(Some(ns), name).await?;
+    let container = match p.get("container") {
+        Some(c) => c.clone(),
+        None if pod.spec.containers.len() == 1 => pod.spec.containers[0].name.clone(),
+        None => {
+            let names: Vec<&str> = pod.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: {names:?}")));
+        }
+    };
+    if !pod.spec.containers.iter().any(|c| c.name == container) {
+        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
+    }
+    let node_name = pod
+        .spec
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad_request(format!("pod {name} is not scheduled yet")))?;
+    let node: Node = api.get(None, &node_name).await?;
+    let ip = node.internal_ip().ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no InternalIP")))?;
+    let port = node.status.extra.get("daemonEndpoints").and_then(|d| d["kubeletEndpoint"]["Port"].as_u64()).unwrap_or(10250);
+    let url = format!("http://{ip}:{port}/containerLogs/{ns}/{name}/{container}");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("cannot reach the agent of node {node_name}: {e}")))?;
+    let code = resp.status();
+    let body = resp.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if !code.is_success() {
+        return Err(ApiError::new(404, "NotFound", String::from_utf8_lossy(&body).into_owned()));
+    }
+    let mut text = body.to_vec();
+    if let Some(n) = p.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+        text = lines[lines.len().saturating_sub(n)..].concat();
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain")], text).into_response())
 }
 
 fn wants_table(h: &HeaderMap) -> bool {
