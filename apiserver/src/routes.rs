@@ -216,8 +216,8 @@ fn respond_obj<T: Printable>(code: StatusCode, h: &HeaderMap, obj: &T) -> Respon
     respond(code, h, serde_json::to_value(obj).unwrap_or(Value::Null))
 }
 
-/// Decode a JSON or YAML body into `T`, checking `kind` if the body gives one.
-pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+/// Parse a JSON or YAML body into documents (YAML may hold several, separated by `---`).
+fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -229,11 +229,26 @@ pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError>
             format!("{ct} is not supported: send application/json or application/yaml"),
         ));
     }
-    let value: Value = if ct.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode YAML body: {e}")))?
-    } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode JSON body: {e}")))?
-    };
+    if !ct.contains("yaml") {
+        let v = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode JSON body: {e}")))?;
+        return Ok(vec![v]);
+    }
+    let mut docs = vec![];
+    for doc in serde_yaml::Deserializer::from_slice(body) {
+        let v: Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| ApiError::bad_request(format!("unable to decode YAML body: {e}")))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    if docs.is_empty() {
+        return Err(ApiError::bad_request("the request body holds no object"));
+    }
+    Ok(docs)
+}
+
+/// Decode one document into `T`, checking `kind` and `apiVersion` if it gives them.
+fn decode_value<T: Object>(value: Value) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));
     }
@@ -248,6 +263,15 @@ pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError>
         }
     }
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("unable to decode {} body: {e}", T::KIND)))
+}
+
+/// Decode a JSON or YAML body holding exactly one object.
+pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let mut docs = parse_documents(h, body)?;
+    if docs.len() != 1 {
+        return Err(ApiError::bad_request(format!("expected one object, the body holds {}", docs.len())));
+    }
+    decode_value(docs.remove(0))
 }
 
 /// Label and field selectors from the query string; a bad one is a 400.
@@ -299,9 +323,26 @@ async fn handle<T: Strategy + Printable>(
             Ok(axum::Json(list).into_response())
         }
         (Method::POST, None, None) => {
-            let obj: T = decode_body(h, &body)?;
-            let created = api.create::<T>(ns, obj).await?;
-            Ok(respond_obj(StatusCode::CREATED, h, &created))
+            let docs = parse_documents(h, &body)?;
+            if docs.len() == 1 {
+                let obj: T = decode_value(docs.into_iter().next().unwrap())?;
+                let created = api.create::<T>(ns, obj).await?;
+                return Ok(respond_obj(StatusCode::CREATED, h, &created));
+            }
+            // Several YAML documents (an ownkube convenience for `curl --data-binary @file`):
+            // all are decoded and validated before any is created; the answer is a List.
+            let objs: Vec<T> = docs.into_iter().map(decode_value).collect::<Result<_, _>>()?;
+            for o in &objs {
+                let causes = o.validate(&api.cfg);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(T::KIND, &o.meta().name, causes));
+                }
+            }
+            let mut created = vec![];
+            for o in objs {
+                created.push(api.create::<T>(ns, o).await?);
+            }
+            Ok(respond(StatusCode::CREATED, h, json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": created})))
         }
         (Method::GET, Some(name), None | Some("status")) => Ok(respond_obj(StatusCode::OK, h, &api.get::<T>(ns, name).await?)),
         (Method::PUT, Some(name), sub @ (None | Some("status"))) => {

@@ -55,6 +55,21 @@ async fn create_get_list_replace_delete() {
     let db: Value = r.json().await.unwrap();
     assert_eq!(db["spec"]["containers"][0]["env"][0]["value"], "b");
 
+    // Several YAML documents in one POST: each is created, the answer is a List.
+    let two = "apiVersion: v1\nkind: Pod\nmetadata: {name: m1}\nspec: {containers: [{name: c, image: x}]}\n---\nmetadata: {name: m2}\nspec: {containers: [{name: c, image: x}]}\n";
+    let r = c.http.post(c.url(PODS)).header("Content-Type", "application/yaml").body(two).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(names(&list), ["m1", "m2"]);
+    // ... and one invalid document means none is created.
+    let bad = "metadata: {name: m3}\nspec: {containers: [{name: c, image: x}]}\n---\nmetadata: {name: Bad_Name}\nspec: {containers: [{name: c, image: x}]}\n";
+    let r = c.http.post(c.url(PODS)).header("Content-Type", "application/yaml").body(bad).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(c.get(&format!("{PODS}/m3")).await.0, 404);
+    for m in ["m1", "m2"] {
+        c.delete(&format!("{PODS}/{m}")).await;
+    }
+
     // YAML out when asked for.
     let r = c.http.get(c.url(&format!("{PODS}/db"))).header("Accept", "application/yaml").send().await.unwrap();
     assert!(r.text().await.unwrap().contains("image: postgres"));
