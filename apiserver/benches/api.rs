@@ -22,7 +22,7 @@ fn pct(mut v: Vec<Duration>) -> (f64, f64) {
 
 fn bench_pod(name: &str) -> Value {
     let mut p = pod(name, json!({"app": "bench", "tier": "front"}));
-    // Bound, as most pods in a cluster are; a realistic size (about 1 KiB of JSON).
+    // Bound, as most pods in a cluster are, with env, resources and annotations (~0.5 KiB of JSON).
     p["spec"]["nodeName"] = json!("bench-node");
     p["spec"]["containers"][0]["env"] = json!([{"name": "MODE", "value": "benchmark"}, {"name": "LEVEL", "value": "info"}]);
     p["spec"]["containers"][0]["resources"] = json!({"limits": {"cpu": "100m", "memory": "64Mi"}});
@@ -72,6 +72,56 @@ async fn main() {
     }
     let raw_watch = pct(raw_watch);
     row("etcd put -> watch event (raw)", raw_watch);
+
+    // Endpoints controller: from a pod's status becoming Ready (or the pod going away) to
+    // the service's Endpoints object saying so, as a watcher (kube-proxy) sees it.
+    c.create(
+        "/api/v1/namespaces/default/services",
+        json!({"metadata": {"name": "epb"}, "spec": {"selector": {"app": "epb"}, "ports": [{"port": 80}]}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, l) = c.get("/api/v1/namespaces/default/endpoints").await;
+    let rv = l["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let resp = c
+        .http
+        .get(c.url(&format!("/api/v1/namespaces/default/endpoints?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Depb")))
+        .send()
+        .await
+        .unwrap();
+    let mut ep_stream = resp.bytes_stream();
+    let mut ep_buf: Vec<u8> = Vec::new();
+    let (mut ready_lat, mut gone_lat) = (vec![], vec![]);
+    for i in 0..50 {
+        let ip = format!("10.244.9.{}", i + 2);
+        let mut p = pod(&format!("epb-{i}"), json!({"app": "epb"}));
+        p["spec"]["nodeName"] = json!("bench-node");
+        let mut p = c.create(PODS, p).await;
+        p["status"] = json!({"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]});
+        let has_ip = |v: &Value, ip: &str| v["object"]["subsets"].to_string().contains(&format!("\"{ip}\""));
+        for (phase, lat) in [(0, &mut ready_lat), (1, &mut gone_lat)] {
+            let t = Instant::now();
+            if phase == 0 {
+                assert_eq!(c.put(&format!("{PODS}/epb-{i}/status"), &p).await.0, 200);
+            } else {
+                c.http.delete(c.url(&format!("{PODS}/epb-{i}?gracePeriodSeconds=0"))).send().await.unwrap();
+            }
+            loop {
+                while !ep_buf.contains(&b'\n') {
+                    ep_buf.extend_from_slice(&ep_stream.next().await.unwrap().unwrap());
+                }
+                let n = ep_buf.iter().position(|&b| b == b'\n').unwrap();
+                let line: Vec<u8> = ep_buf.drain(..=n).collect();
+                let ev: Value = serde_json::from_slice(&line).unwrap();
+                if has_ip(&ev, &ip) == (phase == 0) {
+                    break;
+                }
+            }
+            lat.push(t.elapsed());
+        }
+    }
+    row("pod Ready -> Endpoints event", pct(ready_lat));
+    row("pod deleted -> Endpoints event", pct(gone_lat));
 
     let mut stored = 0usize;
     for target in [1_000usize, 10_000] {
