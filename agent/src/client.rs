@@ -61,6 +61,22 @@ pub enum Change<T> {
     Deleted(T),
 }
 
+impl<T> Change<T> {
+    /// Apply this change to a cache keyed by `key(object)`.
+    pub fn apply_to(self, cache: &mut std::collections::HashMap<String, T>, key: impl Fn(&T) -> String) {
+        match self {
+            Change::Synced(items) => *cache = items.into_iter().map(|o| (key(&o), o)).collect(),
+            Change::Upsert(o) => drop(cache.insert(key(&o), o)),
+            Change::Deleted(o) => drop(cache.remove(&key(&o))),
+        }
+    }
+}
+
+/// `namespace/name` of an object.
+pub fn ns_name<T: Object>(o: &T) -> String {
+    format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name)
+}
+
 /// The collection URL of a kind: `/api/v1/pods` (all namespaces) or `/api/v1/nodes`.
 pub fn collection<T: Object>(ns: Option<&str>) -> String {
     match ns {

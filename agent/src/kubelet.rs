@@ -133,10 +133,10 @@ impl Kubelet {
                         match m {
                             Msg::Pod(c) => {
                                 synced |= matches!(c, Change::Synced(_));
-                                apply(&mut pods, c, |p| p.metadata.uid.clone().unwrap_or_default())
+                                c.apply_to(&mut pods, |p| p.metadata.uid.clone().unwrap_or_default())
                             }
                             Msg::Node(c) => {
-                                apply(&mut nodes, c, |n| n.metadata.name.clone());
+                                c.apply_to(&mut nodes, |n| n.metadata.name.clone());
                                 self.sync_routes(&nodes).await;
                             }
                         }
@@ -488,14 +488,6 @@ impl Kubelet {
 enum Msg {
     Pod(Change<Pod>),
     Node(Change<Node>),
-}
-
-fn apply<T>(cache: &mut HashMap<String, T>, c: Change<T>, key: impl Fn(&T) -> String) {
-    match c {
-        Change::Synced(items) => *cache = items.into_iter().map(|o| (key(&o), o)).collect(),
-        Change::Upsert(o) => drop(cache.insert(key(&o), o)),
-        Change::Deleted(o) => drop(cache.remove(&key(&o))),
-    }
 }
 
 /// Create the Node if it does not exist (a restarted agent finds its own, CIDR and all).

@@ -189,15 +189,12 @@ async fn kubelet_runs_restarts_adopts_and_removes_pods() {
     .await;
     let pip = pulled["status"]["podIP"].as_str().unwrap().to_string();
     assert_ne!(pip, web_ip);
-    assert!(
-        eventually(20, "pulled answers", || async {
-            let b = http_get(&node, &pip);
-            b.contains("HOSTNAME:pulled").then_some(b)
-        })
-        .await
-        .len()
-            > 0
-    );
+    assert!(!eventually(20, "pulled answers", || async {
+        let b = http_get(&node, &pip);
+        b.contains("HOSTNAME:pulled").then_some(b)
+    })
+    .await
+    .is_empty());
 
     // A missing image: Pending, with the reason.
     let missing = eventually(30, "ErrImagePull", || async {

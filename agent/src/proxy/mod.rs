@@ -12,7 +12,7 @@
 
 pub mod iptables;
 
-use crate::client::{Change, Client};
+use crate::client::{ns_name, Change, Client};
 use iptables::Runner;
 use pkg::api::{Endpoints, Service};
 use pkg::proxy::{jumps, service_ports, Planner, ServicePort};
@@ -160,18 +160,6 @@ enum Msg {
     Ep(Change<Endpoints>),
 }
 
-fn key<T: pkg::api::Object>(o: &T) -> String {
-    format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name)
-}
-
-fn apply<T: pkg::api::Object>(cache: &mut HashMap<String, T>, c: Change<T>) {
-    match c {
-        Change::Synced(items) => *cache = items.into_iter().map(|o| (key(&o), o)).collect(),
-        Change::Upsert(o) => drop(cache.insert(key(&o), o)),
-        Change::Deleted(o) => drop(cache.remove(&key(&o))),
-    }
-}
-
 /// The proxy's loop: informers feed caches; each burst of changes becomes one sync; a
 /// failed sync is retried; every `resync` a full sync repairs anything changed behind our back.
 pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
@@ -196,11 +184,11 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
                     match m {
                         Msg::Svc(c) => {
                             have_svcs |= matches!(c, Change::Synced(_));
-                            apply(&mut services, c)
+                            c.apply_to(&mut services, ns_name)
                         }
                         Msg::Ep(c) => {
                             have_eps |= matches!(c, Change::Synced(_));
-                            apply(&mut endpoints, c)
+                            c.apply_to(&mut endpoints, ns_name)
                         }
                     }
                 }

@@ -65,8 +65,7 @@ impl Drop for Containerd {
         let runc_root = "/run/containerd/runc/k8s.io";
         if let Ok(out) = Command::new("runc").args(["--root", runc_root, "list", "-f", "json"]).output() {
             let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            for c in
-                list.iter().filter(|c| c["bundle"].as_str().is_some_and(|b| b.starts_with(&self.dir.path().to_string_lossy().as_ref())))
+            for c in list.iter().filter(|c| c["bundle"].as_str().is_some_and(|b| b.starts_with(self.dir.path().to_string_lossy().as_ref())))
             {
                 let _ = Command::new("runc").args(["--root", runc_root, "delete", "-f", c["id"].as_str().unwrap_or("")]).status();
             }
