@@ -63,6 +63,39 @@ impl Registries {
     }
 }
 
+/// Parse `Bearer realm="…",service="…",scope="…"` into the token URL to ask.
+pub fn token_url(challenge: &str) -> Option<String> {
+    let rest = challenge.strip_prefix("Bearer ")?;
+    let mut realm = None;
+    let mut query = vec![];
+    for part in rest.split(',') {
+        let (k, v) = part.trim().split_once('=')?;
+        let v = v.trim_matches('"');
+        match k {
+            "realm" => realm = Some(v.to_string()),
+            "service" | "scope" => query.push(format!("{k}={}", v.replace(':', "%3A").replace('/', "%2F"))),
+            _ => {}
+        }
+    }
+    let realm = realm?;
+    Some(if query.is_empty() { realm } else { format!("{realm}?{}", query.join("&")) })
+}
+
+/// The anonymous token flow of the distribution spec.
+async fn fetch_token(http: &reqwest::Client, challenge: &str) -> Result<String, String> {
+    let url =
+        token_url(challenge).ok_or_else(|| format!("registry asks for credentials ({challenge}); only anonymous pulls are supported"))?;
+    let v: serde_json::Value = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the token service: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("bad token answer: {e}"))?;
+    v["token"].as_str().or(v["access_token"].as_str()).map(String::from).ok_or_else(|| "the token service gave no token".to_string())
+}
+
 fn sha(data: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(data))
 }
@@ -71,13 +104,29 @@ fn sha(data: &[u8]) -> String {
 pub async fn pull(rt: &Runtime, http: &reqwest::Client, regs: &Registries, image: &str) -> Result<(), String> {
     let r = Reference::parse(image);
     let base = format!("{}/v2/{}", regs.endpoint(&r.registry), r.repository);
+    // Registries such as Docker Hub answer 401 with where to get an (anonymous) pull token.
+    let token: std::sync::Mutex<Option<String>> = Default::default();
     let fetch = |url: String, accept: bool| {
-        let mut rq = http.get(url);
-        if accept {
-            rq = rq.header("Accept", ACCEPT);
-        }
+        let token = &token;
         async move {
-            let resp = rq.send().await.map_err(|e| format!("cannot reach the registry: {e}"))?;
+            let send = |bearer: Option<String>| {
+                let mut rq = http.get(&url);
+                if accept {
+                    rq = rq.header("Accept", ACCEPT);
+                }
+                if let Some(t) = bearer {
+                    rq = rq.bearer_auth(t);
+                }
+                rq.send()
+            };
+            let current = token.lock().unwrap().clone();
+            let mut resp = send(current).await.map_err(|e| format!("cannot reach the registry: {e}"))?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let t = fetch_token(http, &challenge).await?;
+                *token.lock().unwrap() = Some(t.clone());
+                resp = send(Some(t)).await.map_err(|e| format!("cannot reach the registry: {e}"))?;
+            }
             let status = resp.status();
             let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let body = resp.bytes().await.map_err(|e| format!("reading from the registry: {e}"))?.to_vec();
@@ -151,5 +200,15 @@ mod tests {
         assert_eq!(regs.endpoint("localhost:5000"), "http://registry:5000");
         assert_eq!(regs.endpoint("r.local:5000"), "http://r.local:5000");
         assert_eq!(regs.endpoint("docker.io"), "https://registry-1.docker.io");
+    }
+
+    #[test]
+    fn token_challenges() {
+        let c = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#;
+        assert_eq!(
+            token_url(c).unwrap(),
+            "https://auth.docker.io/token?service=registry.docker.io&scope=repository%3Alibrary%2Fnginx%3Apull"
+        );
+        assert_eq!(token_url("Basic realm=\"x\""), None);
     }
 }
