@@ -86,6 +86,12 @@ impl Api {
         })
     }
 
+    /// The claim keys a stored object holds (its numbers are all set, so nothing is chosen).
+    fn held<T: Strategy>(&self, stored: &T) -> Result<Vec<String>, ApiError> {
+        let mut o = stored.clone();
+        Ok(self.claims_for(&mut o, Some(stored), &HashSet::new())?.into_iter().map(|c| c.key).collect())
+    }
+
     /// Create an object: fill in the server's metadata, validate, claim, write — once.
     pub async fn create<T: Strategy>(&self, ns: Option<&str>, mut obj: T) -> Result<T, ApiError> {
         let meta = obj.meta_mut();
@@ -205,10 +211,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(T::KIND, name, causes));
             }
-            let held: HashSet<String> = {
-                let mut oc = old.clone();
-                self.claims_for(&mut oc, Some(&old), &HashSet::new())?.into_iter().map(|c| c.key).collect()
-            };
+            let held: HashSet<String> = self.held(&old)?.into_iter().collect();
             let claims = self.claims_for(&mut o, Some(&old), &taken)?;
             o.meta_mut().resource_version = Some(old_rv.clone());
             if storage::encode(&o) == storage::encode(&old) {
@@ -292,10 +295,7 @@ impl Api {
                 }
                 continue;
             }
-            let held: Vec<String> = {
-                let mut oc = old.clone();
-                self.claims_for(&mut oc, Some(&old), &HashSet::new())?.into_iter().map(|c| c.key).collect()
-            };
+            let held = self.held(&old)?;
             let mut ops = vec![Op::Delete(key.clone())];
             ops.extend(held.into_iter().map(Op::Delete));
             let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];

@@ -6,7 +6,7 @@ use agent::runtime::Runtime;
 use containerd_client::types::Descriptor;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -138,8 +138,4 @@ pub async fn import(rt: &Runtime, name: &str, blobs: Vec<(String, Vec<u8>)>) {
         target = Some(Descriptor { media_type: media, digest, size, annotations: HashMap::new() });
     }
     rt.create_image(name, target.unwrap()).await.unwrap();
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
