@@ -15,6 +15,9 @@ for m in /sys /proc/sys /sys/fs/cgroup /sys/fs/cgroup/*; do
   mount -o remount,bind,rw "$m" 2>/dev/null || mount -o remount,rw "$m" 2>/dev/null || true
 done
 mkdir -p /var/run/netns /var/lib/ownkube /var/log/ownkube
+# A machine ID of its own per node (systemd would write one at first boot): the agent
+# reports it as the Node's status.nodeInfo.machineID.
+[ -s /etc/machine-id ] || tr -d - </proc/sys/kernel/random/uuid >/etc/machine-id
 sysctl -q -w net.ipv4.ip_forward=1 net.ipv4.conf.all.route_localnet=1 || true
 sysctl -q -w net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 

@@ -536,11 +536,13 @@ pub async fn heartbeat(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     ];
     node.status.capacity = Some(cap.clone());
     node.status.allocatable = Some(cap);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
+    let version = format!("v1.32.0-ownkube.{}", env!("CARGO_PKG_VERSION"));
     node.status.extra.insert(
         "nodeInfo".into(),
-        json!({"kubeletVersion": format!("v1.32.0-ownkube.{}", env!("CARGO_PKG_VERSION")), "kernelVersion": kernel,
-               "osImage": os_image(), "containerRuntimeVersion": "containerd", "operatingSystem": "linux", "architecture": std::env::consts::ARCH}),
+        json!({"kubeletVersion": version, "kubeProxyVersion": version, "kernelVersion": kernel,
+               "osImage": os_image(), "containerRuntimeVersion": "containerd://", "operatingSystem": "linux",
+               "architecture": go_arch(), "machineID": machine_id(), "systemUUID": system_uuid(), "bootID": read_trimmed("/proc/sys/kernel/random/boot_id")}),
     );
     node.status.extra.insert("daemonEndpoints".into(), json!({"kubeletEndpoint": {"Port": cfg.port}}));
     let ready = Condition {
@@ -555,6 +557,30 @@ pub async fn heartbeat(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     node.metadata.resource_version = None;
     client.update(&format!("{path}/status"), &node).await?;
     Ok(())
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// `/etc/machine-id` (systemd's), else D-Bus's copy: what the kubelet reports as machineID.
+fn machine_id() -> String {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"].iter().map(|p| read_trimmed(p)).find(|s| !s.is_empty()).unwrap_or_default()
+}
+
+/// The SMBIOS product UUID where the kernel shows it; node containers often cannot read
+/// it, so fall back to the machine ID (the kubelet's own fallback chain ends the same way).
+fn system_uuid() -> String {
+    Some(read_trimmed("/sys/class/dmi/id/product_uuid")).filter(|s| !s.is_empty()).unwrap_or_else(machine_id)
+}
+
+/// Go's name for the CPU architecture, which clients compare against (`amd64`, not `x86_64`).
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 fn os_image() -> String {

@@ -23,39 +23,182 @@ pub async fn api_versions() -> Json<Value> {
     }))
 }
 
-/// No API groups besides the core one.
-pub async fn api_groups() -> Json<Value> {
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+/// One resource as discovery describes it.
+pub struct ResourceInfo {
+    /// `""` for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub name: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short: &'static [&'static str],
+    /// Subresources: `status`, `log`, ...
+    pub subresources: &'static [&'static str],
 }
 
-pub async fn api_resources() -> Json<Value> {
-    let all = ["create", "delete", "get", "list", "patch", "update", "watch"];
-    let sub = ["get", "patch", "update"];
-    let r = |name: &str, singular: &str, namespaced: bool, kind: &str, short: &[&str], verbs: &[&str]| {
-        let mut v = json!({"name": name, "singularName": singular, "namespaced": namespaced, "kind": kind, "verbs": verbs});
-        if !short.is_empty() {
-            v["shortNames"] = json!(short);
+const ALL_VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+/// Every resource ownkube serves. Routing and discovery both read this table.
+pub const RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "namespaces",
+        singular: "namespace",
+        kind: "Namespace",
+        namespaced: false,
+        short: &["ns"],
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "nodes",
+        singular: "node",
+        kind: "Node",
+        namespaced: false,
+        short: &["no"],
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "pods",
+        singular: "pod",
+        kind: "Pod",
+        namespaced: true,
+        short: &["po"],
+        subresources: &["status", "log"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short: &["svc"],
+        subresources: &["status"],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "endpoints",
+        singular: "endpoints",
+        kind: "Endpoints",
+        namespaced: true,
+        short: &["ep"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        namespaced: true,
+        short: &["cm"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        namespaced: true,
+        short: &[],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        namespaced: true,
+        short: &["sa"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        name: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        short: &["ev"],
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        name: "leases",
+        singular: "lease",
+        kind: "Lease",
+        namespaced: true,
+        short: &[],
+        subresources: &[],
+    },
+];
+
+/// The groups besides the core one, each with its one version.
+fn groups() -> Vec<&'static str> {
+    let mut g: Vec<&str> = RESOURCES.iter().map(|r| r.group).filter(|g| !g.is_empty()).collect();
+    g.dedup();
+    g.push("authorization.k8s.io");
+    g
+}
+
+fn group_json(name: &str) -> Value {
+    let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+    json!({"name": name, "versions": [gv], "preferredVersion": gv})
+}
+
+/// `/apis`: the named API groups.
+pub async fn api_groups() -> Json<Value> {
+    let groups: Vec<Value> = groups().into_iter().map(group_json).collect();
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+}
+
+/// `/apis/{group}`.
+pub fn api_group(group: &str) -> Option<Value> {
+    groups().contains(&group).then(|| {
+        let mut g = group_json(group);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+/// `/api/v1` and `/apis/{group}/{version}`: the resources of one group-version.
+pub fn api_resources(group: &str, version: &str) -> Option<Value> {
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let mut resources = vec![];
+    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+        let mut v = json!({"name": r.name, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": ALL_VERBS});
+        if !r.short.is_empty() {
+            v["shortNames"] = json!(r.short);
         }
-        if ["pods", "services"].contains(&name) {
+        if ["pods", "services"].contains(&r.name) {
             v["categories"] = json!(["all"]);
         }
-        v
-    };
-    Json(json!({
-        "kind": "APIResourceList", "groupVersion": "v1",
-        "resources": [
-            r("namespaces", "namespace", false, "Namespace", &["ns"], &["create", "delete", "get", "list", "patch", "update", "watch"]),
-            r("namespaces/status", "", false, "Namespace", &[], &sub),
-            r("nodes", "node", false, "Node", &["no"], &all),
-            r("nodes/status", "", false, "Node", &[], &sub),
-            r("pods", "pod", true, "Pod", &["po"], &all),
-            r("pods/status", "", true, "Pod", &[], &sub),
-            r("pods/log", "", true, "Pod", &[], &["get"]),
-            r("services", "service", true, "Service", &["svc"], &all),
-            r("services/status", "", true, "Service", &[], &sub),
-            r("endpoints", "endpoints", true, "Endpoints", &["ep"], &all),
-        ],
-    }))
+        resources.push(v);
+        for sub in r.subresources {
+            let verbs: &[&str] = if *sub == "log" { &["get"] } else { &["get", "patch", "update"] };
+            resources.push(json!({"name": format!("{}/{sub}", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs}));
+        }
+    }
+    if group == "authorization.k8s.io" && version == "v1" {
+        resources.push(json!({"name": "selfsubjectaccessreviews", "singularName": "", "namespaced": false, "kind": "SelfSubjectAccessReview", "verbs": ["create"]}));
+    }
+    (!resources.is_empty()).then(|| json!({"kind": "APIResourceList", "groupVersion": gv, "resources": resources}))
+}
+
+/// The resource a URL names, if served.
+pub fn resource(group: &str, version: &str, name: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.name == name)
 }
 
 /// `/openapi/v3`: where the schema of each group-version lives. kubectl reads it to learn
@@ -75,6 +218,10 @@ pub async fn openapi_v3_core() -> Json<Value> {
         ("Endpoints", "/api/v1/namespaces/{namespace}/endpoints/{name}"),
         ("Node", "/api/v1/nodes/{name}"),
         ("Namespace", "/api/v1/namespaces/{name}"),
+        ("ConfigMap", "/api/v1/namespaces/{namespace}/configmaps/{name}"),
+        ("Secret", "/api/v1/namespaces/{namespace}/secrets/{name}"),
+        ("ServiceAccount", "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"),
+        ("Event", "/api/v1/namespaces/{namespace}/events/{name}"),
     ] {
         paths.insert(
             path.into(),

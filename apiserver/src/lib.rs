@@ -3,20 +3,31 @@
 //! ownkube's control plane in one process: what kube-apiserver, kube-scheduler and
 //! kube-controller-manager do in a real cluster.
 //!
-//! - [`routes`]: the REST API (`/api/v1/...`), JSON and YAML, list/watch, Tables for kubectl;
+//! - [`routes`]: the URL layout (`/api/v1/...`, `/apis/{group}/{version}/...`) and
+//!   [`discovery`], the documents that tell clients what is served;
+//! - [`handler`]: the verbs every resource shares (list with [`list`] pagination, create,
+//!   get, update, patch, delete, deletecollection, `dryRun`), and [`watch`] streams;
+//! - [`codec`]: content negotiation: JSON, YAML, patch types, Tables, PartialObjectMetadata;
+//!   [`protobuf`]: request bodies in Kubernetes' protobuf (kubectl 1.32+ sends them);
 //! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
 //!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory);
-//! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion.
+//! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion, default
+//!   service accounts.
 
+pub mod codec;
 pub mod controllers;
 pub mod discovery;
 pub mod error;
+pub mod handler;
+pub mod list;
 pub mod objects;
 pub mod printers;
+pub mod protobuf;
 pub mod registry;
 pub mod routes;
 pub mod storage;
+pub mod watch;
 
 use pkg::alloc::{Cidr, PortRange};
 use pkg::api::{Namespace, ObjectMeta};
@@ -75,6 +86,10 @@ impl Config {
     }
 }
 
+/// The namespaces every cluster has, created at start and never deleted: `kube-node-lease`
+/// holds the nodes' heartbeat Leases, `kube-public` what everyone may read.
+pub const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
 /// A running apiserver.
 pub struct Server {
     pub addr: SocketAddr,
@@ -89,7 +104,7 @@ impl Server {
         let store = storage::Store::connect(&cfg.etcd_servers, cfg.etcd_timeout).await?;
         let api = objects::Api { store, cfg: Arc::new(cfg.clone()) };
         // The namespaces every cluster has. Retry until etcd answers.
-        for ns in ["default", "kube-system"] {
+        for ns in BUILTIN_NAMESPACES {
             loop {
                 let obj = Namespace { metadata: ObjectMeta { name: ns.into(), ..Default::default() }, ..Default::default() };
                 match api.create(None, obj).await {
@@ -105,6 +120,7 @@ impl Server {
         controllers::scheduler::spawn(api.clone());
         controllers::endpoints::spawn(api.clone());
         controllers::nodelifecycle::spawn(api.clone(), cfg.node_monitor_grace_period);
+        controllers::serviceaccount::spawn(api.clone());
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let app = routes::router(api.clone());

@@ -41,11 +41,15 @@ impl Api {
 
     /// All objects of a kind, in one namespace (`Some`) or everywhere (`None`).
     pub async fn list<T: Strategy>(&self, ns: Option<&str>) -> Result<(Vec<T>, i64), ApiError> {
-        let prefix = match ns {
+        self.store.list(&Self::prefix::<T>(ns)).await
+    }
+
+    /// The etcd prefix of a kind's objects in one namespace (`Some`) or everywhere (`None`).
+    pub fn prefix<T: Strategy>(ns: Option<&str>) -> String {
+        match ns {
             Some(ns) if T::NAMESPACED => format!("{}{ns}/", storage::prefix::<T>()),
             _ => storage::prefix::<T>().to_string(),
-        };
-        self.store.list(&prefix).await
+        }
     }
 
     /// Read the claims every allocator of `T` has handed out (keys only).
@@ -93,7 +97,22 @@ impl Api {
     }
 
     /// Create an object: fill in the server's metadata, validate, claim, write — once.
-    pub async fn create<T: Strategy>(&self, ns: Option<&str>, mut obj: T) -> Result<T, ApiError> {
+    pub async fn create<T: Strategy>(&self, ns: Option<&str>, obj: T) -> Result<T, ApiError> {
+        self.create_opts(ns, obj, false).await
+    }
+
+    /// The object's value write: with the kind's TTL (events) it expires with an etcd lease.
+    async fn put_op<T: Strategy>(&self, key: &str, o: &T) -> Result<Op, ApiError> {
+        Ok(match T::TTL_SECONDS {
+            Some(ttl) => Op::PutWithLease(key.to_string(), storage::encode(o), self.store.ttl_lease(ttl).await?),
+            None => Op::Put(key.to_string(), storage::encode(o)),
+        })
+    }
+
+    /// [`Api::create`], or with `dry_run` everything but the write (`?dryRun=All`): the
+    /// same checks in one etcd transaction whose preconditions are evaluated and whose
+    /// write list is empty, so a name or number that is taken fails exactly as it would.
+    pub async fn create_opts<T: Strategy>(&self, ns: Option<&str>, mut obj: T, dry_run: bool) -> Result<T, ApiError> {
         let meta = obj.meta_mut();
         if T::NAMESPACED {
             let ns = ns.unwrap_or("default");
@@ -140,11 +159,14 @@ impl Api {
             }
             let first_claim = expects.len();
             expects.extend(claims.iter().map(|c| (c.key.clone(), Expect::Absent)));
-            let mut ops = vec![Op::Put(key.clone(), storage::encode(&o))];
+            let mut ops = vec![self.put_op(&key, &o).await?];
             ops.extend(claims.iter().map(|c| Op::Put(c.key.clone(), owner(&o).into_bytes())));
+            if dry_run {
+                ops.clear();
+            }
             match self.store.commit(&expects, ops).await? {
                 Committed::Ok(rev) => {
-                    o.meta_mut().resource_version = Some(rev.to_string());
+                    o.meta_mut().resource_version = (!dry_run).then(|| rev.to_string());
                     return Ok(o);
                 }
                 Committed::Failed(failed) => {
@@ -166,6 +188,18 @@ impl Api {
     /// Replace an object (`PUT`), or only its status (`PUT …/status`). With a
     /// `resourceVersion` the write happens only if the object is still at it (else 409).
     pub async fn update<T: Strategy>(&self, ns: Option<&str>, name: &str, new: T, status_only: bool) -> Result<T, ApiError> {
+        self.update_opts(ns, name, new, status_only, false).await
+    }
+
+    /// [`Api::update`], optionally as a dry run (nothing written; the would-be object returned).
+    pub async fn update_opts<T: Strategy>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        new: T,
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<T, ApiError> {
         if !new.meta().name.is_empty() && new.meta().name != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
@@ -221,13 +255,18 @@ impl Api {
             let mut expects = vec![(key.clone(), Expect::Revision(rev))];
             let new_claims: Vec<&Claim> = claims.iter().filter(|c| !held.contains(&c.key)).collect();
             expects.extend(new_claims.iter().map(|c| (c.key.clone(), Expect::Absent)));
-            let mut ops = vec![Op::Put(key.clone(), storage::encode(&o))];
+            let mut ops = vec![self.put_op(&key, &o).await?];
             ops.extend(new_claims.iter().map(|c| Op::Put(c.key.clone(), owner(&o).into_bytes())));
             let keep: HashSet<&String> = claims.iter().map(|c| &c.key).collect();
             ops.extend(held.iter().filter(|k| !keep.contains(k)).map(|k| Op::Delete(k.clone())));
+            if dry_run {
+                ops.clear();
+            }
             match self.store.commit(&expects, ops).await? {
                 Committed::Ok(rev) => {
-                    o.meta_mut().resource_version = Some(rev.to_string());
+                    if !dry_run {
+                        o.meta_mut().resource_version = Some(rev.to_string());
+                    }
                     return Ok(o);
                 }
                 Committed::Failed(failed) => {
@@ -275,6 +314,19 @@ impl Api {
         grace: Option<i64>,
         precondition_rv: Option<&str>,
     ) -> Result<T, ApiError> {
+        self.delete_opts(ns, name, grace, precondition_rv, false).await
+    }
+
+    /// [`Api::delete`], optionally as a dry run: the object is checked and returned as the
+    /// delete would leave it, and nothing is written.
+    pub async fn delete_opts<T: Strategy>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        grace: Option<i64>,
+        precondition_rv: Option<&str>,
+        dry_run: bool,
+    ) -> Result<T, ApiError> {
         let key = storage::key::<T>(ns, name);
         for _ in 0..RETRIES {
             let old: T = self.get(ns, name).await?;
@@ -287,6 +339,9 @@ impl Api {
                 if marked.meta() == old.meta() {
                     return Ok(old);
                 }
+                if dry_run {
+                    return Ok(marked);
+                }
                 // Written directly: a client's update may not set deletionTimestamp, this may.
                 let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];
                 if let Committed::Ok(rev) = self.store.commit(&expects, vec![Op::Put(key.clone(), storage::encode(&marked))]).await? {
@@ -294,6 +349,9 @@ impl Api {
                     return Ok(marked);
                 }
                 continue;
+            }
+            if dry_run {
+                return Ok(old);
             }
             let held = self.held(&old)?;
             let mut ops = vec![Op::Delete(key.clone())];

@@ -177,6 +177,71 @@ impl Printable for Namespace {
     }
 }
 
+impl Printable for ConfigMap {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        vec![json!(self.metadata.name), json!(self.data.len() + self.binary_data.len()), age(self, now)]
+    }
+}
+
+impl Printable for Secret {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] =
+        &[("Name", "string", 0), ("Type", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        vec![json!(self.metadata.name), json!(self.type_.as_deref().unwrap_or("Opaque")), json!(self.data.len()), age(self, now)]
+    }
+}
+
+impl Printable for ServiceAccount {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Secrets", "integer", 0), ("Age", "string", 0)];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        let secrets = self.extra.get("secrets").and_then(Value::as_array).map_or(0, Vec::len);
+        vec![json!(self.metadata.name), json!(secrets), age(self, now)]
+    }
+}
+
+/// `kubectl get events`: the columns of kube-apiserver's event printer.
+impl Printable for Event {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[
+        ("Last Seen", "string", 0),
+        ("Type", "string", 0),
+        ("Reason", "string", 0),
+        ("Object", "string", 0),
+        ("Subobject", "string", 1),
+        ("Source", "string", 1),
+        ("Message", "string", 0),
+        ("First Seen", "string", 1),
+        ("Count", "string", 1),
+        ("Name", "string", 1),
+    ];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        let event_time = self.extra.get("eventTime").and_then(Value::as_str);
+        let last = self.last_timestamp.as_deref().or(event_time).or(self.metadata.creation_timestamp.as_deref());
+        let first = self.first_timestamp.as_deref().or(event_time).or(self.metadata.creation_timestamp.as_deref());
+        let io = &self.involved_object;
+        let source = self.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default();
+        vec![
+            json!(human_age(last, now)),
+            json!(self.type_.as_deref().unwrap_or("")),
+            json!(self.reason.as_deref().unwrap_or("")),
+            json!(format!("{}/{}", io.kind.to_lowercase(), io.name)),
+            json!(io.field_path.as_deref().unwrap_or("")),
+            json!(source),
+            json!(self.message.as_deref().unwrap_or("").trim()),
+            json!(human_age(first, now)),
+            json!(self.count.unwrap_or(1).to_string()),
+            json!(self.metadata.name),
+        ]
+    }
+}
+
+impl Printable for Lease {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        vec![json!(self.metadata.name), json!(self.spec.holder_identity.as_deref().unwrap_or("")), age(self, now)]
+    }
+}
+
 /// A `meta.k8s.io/v1` Table of `items`. `headers`: include the column definitions (a watch
 /// sends them with its first event only).
 pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool) -> Value {

@@ -62,6 +62,9 @@ pub trait Strategy: Object {
         default_field(self, path)
     }
 
+    /// Objects of this kind expire this many seconds after their last write (events).
+    const TTL_SECONDS: Option<i64> = None;
+
     /// Instead of deleting at once, mark the object as being deleted (and say so by
     /// returning true). Only pods do this: their kubelet must stop them first.
     fn begin_graceful_delete(&mut self, _grace: Option<i64>) -> bool {
@@ -338,5 +341,106 @@ impl Strategy for Node {
             "spec.unschedulable" => self.spec.unschedulable.unwrap_or(false).to_string(),
             p => default_field(self, p),
         }
+    }
+}
+
+/// An immutable ConfigMap or Secret (`immutable: true`) keeps its data and stays immutable.
+fn immutable_kept<V: PartialEq>(old_immutable: Option<bool>, new_immutable: Option<bool>, old: &V, new: &V) -> Vec<StatusCause> {
+    let mut c = vec![];
+    if old_immutable == Some(true) {
+        if new_immutable != Some(true) {
+            c.push(StatusCause::invalid("immutable", "false", "field is immutable when `immutable` is set"));
+        }
+        if old != new {
+            c.push(StatusCause::invalid("data", "<data>", "field is immutable when `immutable` is set"));
+        }
+    }
+    c
+}
+
+impl Strategy for ConfigMap {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_configmap(self)
+    }
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        immutable_kept(old.immutable, self.immutable, &(&old.data, &old.binary_data), &(&self.data, &self.binary_data))
+    }
+}
+
+impl Strategy for Secret {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_secret(self)
+    }
+    /// `stringData` is folded into `data` (base64) and never stored; `type` defaults to Opaque.
+    fn prepare_create(&mut self) {
+        use base64::Engine;
+        for (k, v) in std::mem::take(&mut self.string_data) {
+            self.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+        }
+        if self.type_.as_deref().unwrap_or("").is_empty() {
+            self.type_ = Some("Opaque".into());
+        }
+    }
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        self.prepare_create();
+        let mut c = immutable_kept(old.immutable, self.immutable, &old.data, &self.data);
+        if self.type_ != old.type_ {
+            c.push(StatusCause::invalid("type", format!("\"{}\"", self.type_.as_deref().unwrap_or("")), "field is immutable"));
+        }
+        c
+    }
+}
+
+impl Strategy for ServiceAccount {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_service_account(self)
+    }
+}
+
+impl Strategy for Event {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_event(self)
+    }
+    /// kube-apiserver's default `--event-ttl`.
+    const TTL_SECONDS: Option<i64> = Some(3600);
+    /// What `kubectl describe` asks for: the events of one object.
+    const FIELDS: &'static [&'static str] = &[
+        "metadata.name",
+        "metadata.namespace",
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ];
+    fn field(&self, path: &str) -> String {
+        let io = &self.involved_object;
+        let extra = |k: &str| self.extra.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        match path {
+            "involvedObject.kind" => io.kind.clone(),
+            "involvedObject.namespace" => io.namespace.clone().unwrap_or_default(),
+            "involvedObject.name" => io.name.clone(),
+            "involvedObject.uid" => io.uid.clone().unwrap_or_default(),
+            "involvedObject.apiVersion" => io.api_version.clone().unwrap_or_default(),
+            "involvedObject.resourceVersion" => io.resource_version.clone().unwrap_or_default(),
+            "involvedObject.fieldPath" => io.field_path.clone().unwrap_or_default(),
+            "reason" => self.reason.clone().unwrap_or_default(),
+            "reportingComponent" => extra("reportingComponent"),
+            "source" => self.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default(),
+            "type" => self.type_.clone().unwrap_or_default(),
+            p => default_field(self, p),
+        }
+    }
+}
+
+impl Strategy for Lease {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_lease(self)
     }
 }

@@ -31,6 +31,8 @@ pub enum Expect {
 #[derive(Clone, Debug)]
 pub enum Op {
     Put(String, Vec<u8>),
+    /// A put that expires with an etcd lease (events: one hour).
+    PutWithLease(String, Vec<u8>, i64),
     Delete(String),
     Check(String),
 }
@@ -59,6 +61,22 @@ const MAX_RESPONSE: usize = 512 * 1024 * 1024;
 pub struct Store {
     client: Client,
     timeout: Duration,
+    /// The etcd lease objects with a TTL are written with, and when it was granted: one
+    /// lease serves every such write for a minute (kube-apiserver's LeaseManager), so a
+    /// burst of events does not grant a lease each.
+    ttl_lease: std::sync::Arc<tokio::sync::Mutex<Option<(i64, i64, std::time::Instant)>>>,
+}
+
+/// How long one TTL lease is reused for.
+const LEASE_REUSE: Duration = Duration::from_secs(60);
+
+/// One page of a LIST read from etcd at a fixed revision.
+pub struct Page {
+    pub items: Vec<(String, Vec<u8>, i64)>,
+    /// The revision the whole list is read at (the first page's).
+    pub revision: i64,
+    /// Keys left after this page (etcd's `count` less what was returned), if any.
+    pub remaining: i64,
 }
 
 impl Store {
@@ -67,7 +85,7 @@ impl Store {
     pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<Store> {
         let opts = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(Duration::from_secs(10), timeout);
         let client = Client::connect(endpoints, Some(opts)).await?;
-        Ok(Store { client, timeout })
+        Ok(Store { client, timeout, ttl_lease: Default::default() })
     }
 
     /// A KV client that accepts large responses (a list of 10,000 pods is ~10 MiB; gRPC's
@@ -114,6 +132,45 @@ impl Store {
         Ok((items, rev))
     }
 
+    /// Up to `limit` keys from `start` (inclusive) to the end of `prefix`, read at
+    /// `revision` (0: now). A compacted revision is 410 Gone.
+    pub async fn list_page(&self, prefix: &str, start: &str, revision: i64, limit: i64) -> Result<Page, ApiError> {
+        let mut kv = self.kv();
+        let end = prefix_end(prefix);
+        let mut opts = GetOptions::new().with_range(end).with_limit(limit);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let resp = self.timed(kv.get(start, Some(opts))).await?;
+        let rev = if revision > 0 { revision } else { resp.header().map(|h| h.revision()).unwrap_or(0) };
+        let items: Vec<(String, Vec<u8>, i64)> =
+            resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision())).collect();
+        let remaining = (resp.count() - items.len() as i64).max(0);
+        Ok(Page { items, revision: rev, remaining })
+    }
+
+    /// An etcd lease that lives at least `ttl` seconds from now, shared for a minute.
+    pub async fn ttl_lease(&self, ttl: i64) -> Result<i64, ApiError> {
+        let mut cached = self.ttl_lease.lock().await;
+        if let Some((id, t, at)) = *cached {
+            if t == ttl && at.elapsed() < LEASE_REUSE {
+                return Ok(id);
+            }
+        }
+        let mut lc = self.client.lease_client();
+        let resp = self.timed(lc.grant(ttl + LEASE_REUSE.as_secs() as i64, None)).await?;
+        *cached = Some((resp.id(), ttl, std::time::Instant::now()));
+        Ok(resp.id())
+    }
+
+    /// etcd's current revision.
+    pub async fn current_revision(&self) -> Result<i64, ApiError> {
+        let mut kv = self.kv();
+        let opts = GetOptions::new().with_keys_only().with_limit(1);
+        let resp = self.timed(kv.get("/registry/", Some(opts))).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
     /// Fails with 410 Gone when `revision` has been compacted away, so a watch from it
     /// would miss events.
     pub async fn check_revision(&self, revision: i64) -> Result<(), ApiError> {
@@ -136,6 +193,7 @@ impl Store {
             .into_iter()
             .map(|op| match op {
                 Op::Put(k, v) => TxnOp::put(k, v, None),
+                Op::PutWithLease(k, v, lease) => TxnOp::put(k, v, Some(etcd_client::PutOptions::new().with_lease(lease))),
                 Op::Delete(k) => TxnOp::delete(k, None),
                 Op::Check(k) => TxnOp::get(k, None),
             })
@@ -219,6 +277,18 @@ impl Store {
     }
 }
 
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Decode a stored object and stamp it with the revision it was read at.
 pub fn decode<T: Object>(value: &[u8], revision: i64) -> Result<T, ApiError> {
     let mut obj: T = serde_json::from_slice(value).map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", T::KIND)))?;
@@ -243,6 +313,11 @@ pub fn prefix<T: Object>() -> &'static str {
         "endpoints" => "/registry/services/endpoints/",
         "nodes" => "/registry/minions/",
         "namespaces" => "/registry/namespaces/",
+        "configmaps" => "/registry/configmaps/",
+        "secrets" => "/registry/secrets/",
+        "serviceaccounts" => "/registry/serviceaccounts/",
+        "events" => "/registry/events/",
+        "leases" => "/registry/leases/",
         other => unreachable!("no storage prefix for {other}"),
     }
 }

@@ -23,7 +23,7 @@ async fn create_get_list_replace_delete() {
     let c = Cluster::start().await;
     // The built-in namespaces exist from the start.
     let (_, nss) = c.get("/api/v1/namespaces").await;
-    assert_eq!(names(&nss), ["default", "kube-system"]);
+    assert_eq!(names(&nss), ["default", "kube-node-lease", "kube-public", "kube-system"]);
 
     // JSON create, with fields ownkube does not use: kept as sent.
     let mut body = pod("web", json!({"app": "web"}));

@@ -63,6 +63,7 @@ pub fn compute_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod
                 namespace: pod.metadata.namespace.clone(),
                 name: pod.metadata.name.clone(),
                 uid: pod.metadata.uid.clone(),
+                ..Default::default()
             }),
         };
         let subset = by_ports.entry(ports.clone()).or_insert_with(|| EndpointSubset { ports, ..Default::default() });

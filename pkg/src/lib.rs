@@ -1,7 +1,9 @@
 //! `pkg`: what every ownkube component shares and that does no I/O of its own.
 //!
-//! - [`api`]: the Kubernetes object types (Pod, Service, Endpoints, Node, Namespace, Status);
+//! - [`api`]: the Kubernetes object types (Pod, Service, Endpoints, Node, Namespace, ConfigMap,
+//!   Secret, ServiceAccount, Event, Lease, Status);
 //! - [`validation`]: the checks behind `422 Invalid`;
+//! - [`patch`]: JSON merge patch and strategic merge patch, as pure functions;
 //! - [`selector`]: label and field selectors;
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
 //! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
@@ -10,6 +12,7 @@
 pub mod alloc;
 pub mod api;
 pub mod endpoints;
+pub mod patch;
 pub mod proxy;
 pub mod scheduler;
 pub mod selector;

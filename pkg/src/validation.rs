@@ -312,8 +312,157 @@ pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
     c
 }
 
+/// A key of a ConfigMap or Secret: at most 253 of `[-._a-zA-Z0-9]`, and not `.` or `..`
+/// (each key becomes a file name when mounted as a volume).
+pub fn is_config_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
+}
+
+/// Standard base64 with padding, as Kubernetes encodes `[]byte` fields in JSON.
+pub fn is_base64(s: &str) -> bool {
+    let b = s.as_bytes();
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    b.len().is_multiple_of(4) && pad <= 2 && b[..b.len() - pad].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// A ConfigMap or Secret may hold at most 1 MiB of data in all (etcd's value limit, less room).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+fn config_keys_valid(maps: &[(&str, &BTreeMap<String, String>)], c: &mut Vec<StatusCause>) -> usize {
+    let mut seen = HashSet::new();
+    let mut size = 0;
+    for (field, map) in maps {
+        for (k, v) in map.iter() {
+            size += k.len() + v.len();
+            if !is_config_key(k) {
+                c.push(StatusCause::invalid(
+                    format!("{field}[{k}]"),
+                    format!("\"{k}\""),
+                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                ));
+            } else if !seen.insert(k.as_str()) {
+                c.push(StatusCause::duplicate(format!("{field}[{k}]"), format!("\"{k}\"")));
+            }
+        }
+    }
+    size
+}
+
+pub fn validate_configmap(cm: &ConfigMap) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&cm.metadata, NameRule::Subdomain, &mut c);
+    let size = config_keys_valid(&[("data", &cm.data), ("binaryData", &cm.binary_data)], &mut c);
+    for (k, v) in &cm.binary_data {
+        if !is_base64(v) {
+            c.push(StatusCause::invalid(format!("binaryData[{k}]"), "<binary>", "must be base64-encoded"));
+        }
+    }
+    if size > MAX_CONFIG_BYTES {
+        c.push(StatusCause::invalid("data", size, "Too long: must have at most 1048576 bytes"));
+    }
+    c
+}
+
+pub fn validate_secret(s: &Secret) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&s.metadata, NameRule::Subdomain, &mut c);
+    let size = config_keys_valid(&[("data", &s.data)], &mut c);
+    for (k, v) in &s.data {
+        if !is_base64(v) {
+            c.push(StatusCause::invalid(format!("data[{k}]"), "<secret contents redacted>", "must be base64-encoded"));
+        }
+    }
+    if size > MAX_CONFIG_BYTES {
+        c.push(StatusCause::invalid("data", size, "Too long: must have at most 1048576 bytes"));
+    }
+    c
+}
+
+pub fn validate_service_account(sa: &ServiceAccount) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&sa.metadata, NameRule::Subdomain, &mut c);
+    c
+}
+
+/// An event names the object it is about, in its own namespace (cluster-scoped objects'
+/// events go to `default`, as Kubernetes records them).
+pub fn validate_event(ev: &Event) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&ev.metadata, NameRule::Subdomain, &mut c);
+    let io = &ev.involved_object;
+    if io.kind.is_empty() {
+        c.push(StatusCause::required("involvedObject.kind"));
+    }
+    if let (Some(ns), Some(mine)) = (io.namespace.as_deref().filter(|n| !n.is_empty()), ev.metadata.namespace.as_deref()) {
+        if ns != mine {
+            c.push(StatusCause::invalid("involvedObject.namespace", format!("\"{ns}\""), "does not match event.namespace"));
+        }
+    }
+    if ev.count.is_some_and(|n| n < 0) {
+        c.push(StatusCause::invalid("count", ev.count.unwrap_or_default(), "must be greater than or equal to 0"));
+    }
+    if let Some(t) = ev.type_.as_deref() {
+        if !["Normal", "Warning"].contains(&t) {
+            c.push(StatusCause::not_supported("type", t, &["Normal", "Warning"]));
+        }
+    }
+    c
+}
+
+pub fn validate_lease(l: &Lease) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&l.metadata, NameRule::Subdomain, &mut c);
+    if let Some(d) = l.spec.lease_duration_seconds.filter(|&d| d <= 0) {
+        c.push(StatusCause::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
+    }
+    if let Some(n) = l.spec.lease_transitions.filter(|&n| n < 0) {
+        c.push(StatusCause::invalid("spec.leaseTransitions", n, "must be greater than or equal to 0"));
+    }
+    for (f, t) in [("spec.acquireTime", &l.spec.acquire_time), ("spec.renewTime", &l.spec.renew_time)] {
+        if let Some(t) = t.as_deref().filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_err()) {
+            c.push(StatusCause::invalid(f, format!("\"{t}\""), "must be an RFC 3339 time"));
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn config_keys_and_base64() {
+        assert!(is_config_key("app.properties") && is_config_key("a_b-c"));
+        assert!(!is_config_key("a/b") && !is_config_key("..") && !is_config_key(""));
+        assert!(is_base64("aGVsbG8=") && is_base64("") && is_base64("aGk/+A=="));
+        assert!(!is_base64("aGVsbG8") && !is_base64("a===") && !is_base64("a b="));
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = "cfg".into();
+        cm.data.insert("k".into(), "v".into());
+        cm.binary_data.insert("k".into(), "dg==".into());
+        cm.binary_data.insert("bad/key".into(), "!!".into());
+        let c = validate_configmap(&cm);
+        assert_eq!(fields(&c), ["binaryData[bad/key]", "binaryData[k]", "binaryData[bad/key]"], "{c:?}");
+        let mut s = Secret::default();
+        s.metadata.name = "s".into();
+        s.data.insert("password".into(), "not base64!".into());
+        assert_eq!(fields(&validate_secret(&s)), ["data[password]"]);
+    }
+
+    #[test]
+    fn events_and_leases() {
+        let mut ev = Event::default();
+        ev.metadata.name = "web.1".into();
+        ev.metadata.namespace = Some("default".into());
+        ev.involved_object =
+            ObjectReference { kind: "Pod".into(), namespace: Some("other".into()), name: "web".into(), ..Default::default() };
+        ev.type_ = Some("Info".into());
+        assert_eq!(fields(&validate_event(&ev)), ["involvedObject.namespace", "type"]);
+        let mut l = Lease::default();
+        l.metadata.name = "node1".into();
+        l.spec.lease_duration_seconds = Some(0);
+        l.spec.renew_time = Some("yesterday".into());
+        assert_eq!(fields(&validate_lease(&l)), ["spec.leaseDurationSeconds", "spec.renewTime"]);
+    }
+
     use super::*;
 
     fn ranges() -> ServiceRanges {

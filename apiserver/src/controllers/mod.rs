@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod scheduler;
+pub mod serviceaccount;
 
 use crate::objects::Api;
 use crate::registry::Strategy;

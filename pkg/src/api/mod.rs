@@ -1,5 +1,9 @@
 //! The Kubernetes API types ownkube speaks: `core/v1` Pod, Service, Endpoints, Node and
-//! Namespace, in the same JSON shape as `k8s.io/api/core/v1`.
+//! Namespace here, in the same JSON shape as `k8s.io/api/core/v1`; ConfigMap, Secret and
+//! ServiceAccount in [`config`], Event in [`event`], and `coordination.k8s.io/v1` Lease in
+//! [`lease`].
+//!
+//! Upstream: k8s.io/api/core/v1/types.go
 //!
 //! Every struct names only the fields ownkube reads or writes. Everything else a real
 //! manifest carries (resources, probes, annotations on a container, ...) lands in the
@@ -9,6 +13,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+pub mod config;
+pub mod event;
+pub mod lease;
+pub use config::{ConfigMap, Secret, ServiceAccount};
+pub use event::{Event, EventSource};
+pub use lease::{Lease, LeaseSpec};
 
 /// Unknown fields, kept as they came.
 pub type Extra = Map<String, Value>;
@@ -51,26 +62,34 @@ pub trait Object: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync 
     const RESOURCE: &'static str;
     /// Whether objects live inside a namespace (`/api/v1/namespaces/{ns}/pods`) or not (`/api/v1/nodes`).
     const NAMESPACED: bool;
+    /// `v1` for the core group, `group/version` otherwise (`coordination.k8s.io/v1`).
+    const API_VERSION: &'static str;
     fn meta(&self) -> &ObjectMeta;
     fn meta_mut(&mut self) -> &mut ObjectMeta;
     /// Fill `apiVersion` and `kind`, which clients may leave out.
     fn set_type_meta(&mut self);
 }
 
+/// Implement [`Object`] for a struct with `apiVersion`, `kind` and `metadata` fields.
+#[macro_export]
 macro_rules! object {
     ($ty:ident, $kind:literal, $resource:literal, $namespaced:literal) => {
-        impl Object for $ty {
+        $crate::object!($ty, $kind, $resource, $namespaced, "v1");
+    };
+    ($ty:ident, $kind:literal, $resource:literal, $namespaced:literal, $api_version:literal) => {
+        impl $crate::api::Object for $ty {
             const KIND: &'static str = $kind;
             const RESOURCE: &'static str = $resource;
             const NAMESPACED: bool = $namespaced;
-            fn meta(&self) -> &ObjectMeta {
+            const API_VERSION: &'static str = $api_version;
+            fn meta(&self) -> &$crate::api::ObjectMeta {
                 &self.metadata
             }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
+            fn meta_mut(&mut self) -> &mut $crate::api::ObjectMeta {
                 &mut self.metadata
             }
             fn set_type_meta(&mut self) {
-                self.api_version = Some("v1".into());
+                self.api_version = Some($api_version.into());
                 self.kind = Some($kind.into());
             }
         }
@@ -360,12 +379,21 @@ pub struct EndpointAddress {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
+    #[serde(default)]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    #[serde(default)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Which part of the object, e.g. `spec.containers{app}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_path: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

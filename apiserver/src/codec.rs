@@ -1,0 +1,177 @@
+//! Content negotiation: which body formats a request may carry (`Content-Type`) and which
+//! representation the client wants back (`Accept`): a plain object, YAML, a server-side
+//! `Table` for kubectl, or just the metadata (`PartialObjectMetadata`) for clients such as
+//! the garbage collector and `kubectl get -o name`.
+//!
+//! Upstream: k8s.io/apiserver/pkg/endpoints/handlers/negotiation/negotiate.go
+
+use crate::error::ApiError;
+use crate::printers::{self, Printable};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pkg::api::Object;
+use serde_json::{json, Value};
+
+/// What a client asked to get back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Yaml,
+    /// `application/json;as=Table;g=meta.k8s.io;v=v1`
+    Table,
+    /// `application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
+    PartialMetadata,
+}
+
+/// Pick the first representation of the `Accept` header this server can produce, or 406.
+pub fn negotiate(h: &HeaderMap) -> Result<Output, ApiError> {
+    let Some(accept) = h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).filter(|a| !a.trim().is_empty()) else {
+        return Ok(Output::Json);
+    };
+    for media in accept.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let mime = parts.next().unwrap_or("");
+        let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).collect();
+        let as_ = params.iter().find(|(k, _)| *k == "as").map(|(_, v)| *v);
+        let json_like = matches!(mime, "application/json" | "*/*" | "application/*");
+        match (json_like, mime, as_) {
+            (true, _, Some("Table")) => return Ok(Output::Table),
+            (true, _, Some("PartialObjectMetadata" | "PartialObjectMetadataList")) => return Ok(Output::PartialMetadata),
+            (_, _, Some(_)) => continue, // another representation we do not serve (APIGroupDiscoveryList, ...)
+            (true, _, None) => return Ok(Output::Json),
+            (_, "application/yaml", None) => return Ok(Output::Yaml),
+            _ => continue,
+        }
+    }
+    Err(ApiError::new(
+        406,
+        "NotAcceptable",
+        format!("only the following media types are accepted: application/json, application/yaml (asked for {accept})"),
+    ))
+}
+
+/// The body formats a write may use: JSON, YAML, protobuf, and for PATCH the four patch types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyType {
+    Json,
+    Yaml,
+    /// `application/vnd.kubernetes.protobuf`: see [`crate::protobuf`].
+    Protobuf,
+    MergePatch,
+    StrategicMergePatch,
+    JsonPatch,
+    ApplyPatch,
+}
+
+/// Read `Content-Type`; anything else is 415, as kube-apiserver answers. A missing header
+/// is taken as JSON (curl without `-H`).
+pub fn body_type(h: &HeaderMap) -> Result<BodyType, ApiError> {
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    Ok(match mime.as_str() {
+        "application/json" | "" => BodyType::Json,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => BodyType::Yaml,
+        "application/vnd.kubernetes.protobuf" => BodyType::Protobuf,
+        "application/merge-patch+json" => BodyType::MergePatch,
+        "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
+        "application/json-patch+json" => BodyType::JsonPatch,
+        "application/apply-patch+yaml" => BodyType::ApplyPatch,
+        _ => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"),
+            ))
+        }
+    })
+}
+
+/// Parse a JSON or YAML body into documents (YAML may hold several, separated by `---`).
+pub fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let ty = body_type(h)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    match ty {
+        BodyType::Json => {
+            let v = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode JSON body: {e}")))?;
+            Ok(vec![v])
+        }
+        BodyType::Yaml => parse_yaml(body),
+        BodyType::Protobuf => {
+            let v =
+                crate::protobuf::decode_body(body).map_err(|e| ApiError::bad_request(format!("unable to decode protobuf body: {e}")))?;
+            Ok(vec![v])
+        }
+        _ => Err(ApiError::new(415, "UnsupportedMediaType", "a patch content type is only accepted by PATCH")),
+    }
+}
+
+pub fn parse_yaml(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    let mut docs = vec![];
+    for doc in serde_yaml::Deserializer::from_slice(body) {
+        let v: Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| ApiError::bad_request(format!("unable to decode YAML body: {e}")))?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    if docs.is_empty() {
+        return Err(ApiError::bad_request("the request body holds no object"));
+    }
+    Ok(docs)
+}
+
+/// Decode one document into `T`, checking `kind` and `apiVersion` if it gives them.
+pub fn decode_value<T: Object>(value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be an object"));
+    }
+    if let Some(kind) = value.get("kind").and_then(Value::as_str) {
+        if kind != T::KIND {
+            return Err(ApiError::bad_request(format!("the body is a {kind}, but this endpoint takes {}", T::KIND)));
+        }
+    }
+    if let Some(v) = value.get("apiVersion").and_then(Value::as_str) {
+        if v != T::API_VERSION {
+            return Err(ApiError::bad_request(format!("apiVersion {v:?} is not served here (want {:?})", T::API_VERSION)));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("unable to decode {} body: {e}", T::KIND)))
+}
+
+/// Decode a JSON or YAML body holding exactly one object.
+pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let mut docs = parse_documents(h, body)?;
+    if docs.len() != 1 {
+        return Err(ApiError::bad_request(format!("expected one object, the body holds {}", docs.len())));
+    }
+    decode_value(docs.remove(0))
+}
+
+/// Write `value` as JSON or YAML.
+pub fn respond(code: StatusCode, out: Output, value: Value) -> Response {
+    if out == Output::Yaml {
+        let text = serde_yaml::to_string(&value).unwrap_or_default();
+        return (code, [(header::CONTENT_TYPE, "application/yaml")], text).into_response();
+    }
+    (code, axum::Json(value)).into_response()
+}
+
+/// `{kind: PartialObjectMetadata, metadata}` of an object.
+pub fn partial_metadata<T: Object>(o: &T) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.meta()})
+}
+
+/// One object in the representation asked for.
+pub fn represent<T: Printable>(out: Output, obj: &T) -> Value {
+    match out {
+        Output::Table => printers::table(std::slice::from_ref(obj), obj.meta().resource_version.clone(), true),
+        Output::PartialMetadata => partial_metadata(obj),
+        Output::Json | Output::Yaml => serde_json::to_value(obj).unwrap_or(Value::Null),
+    }
+}
+
+pub fn respond_obj<T: Printable>(code: StatusCode, out: Output, obj: &T) -> Response {
+    respond(code, out, represent(out, obj))
+}

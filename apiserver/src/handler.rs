@@ -1,0 +1,285 @@
+//! The verbs every resource shares — list, create, get, update, patch, delete and
+//! deletecollection — written once over any kind `T` (kube-apiserver's
+//! `endpoints/handlers/{get,create,update,patch,delete}.go`). Each request's options come
+//! in the query string: `dryRun=All` validates and answers without writing,
+//! `labelSelector`/`fieldSelector` filter, `limit`/`continue` paginate.
+
+use crate::codec::{self, BodyType, Output};
+use crate::error::ApiError;
+use crate::list::{self, ListQuery};
+use crate::objects::Api;
+use crate::printers::{self, Printable};
+use crate::registry::Strategy;
+use crate::watch;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pkg::selector::{FieldSelector, LabelSelector};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+pub type Params = HashMap<String, String>;
+
+/// One request for a resource: where it points and what came with it.
+pub struct Req<'a> {
+    pub ns: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub params: &'a Params,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+    pub out: Output,
+}
+
+/// `dryRun=All`: true; absent: false; anything else is a 400.
+pub fn dry_run(p: &Params) -> Result<bool, ApiError> {
+    match p.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {v:?}: supported values: \"All\""))),
+    }
+}
+
+/// Label and field selectors from the query string; a bad one is a 400.
+pub fn selectors<T: Strategy>(p: &Params) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let l = LabelSelector::parse(p.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?;
+    let f = FieldSelector::parse(p.get("fieldSelector").map(String::as_str).unwrap_or(""), T::FIELDS)
+        .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?;
+    Ok((l, f))
+}
+
+/// Route one request to its verb.
+pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<'_>) -> Result<Response, ApiError> {
+    // A namespaced kind asked for without a namespace is only listed (across all of them);
+    // a cluster-scoped kind never takes one.
+    if !T::NAMESPACED && r.ns.is_some() {
+        return Err(ApiError::new(404, "NotFound", format!("{} are not namespaced", T::RESOURCE)));
+    }
+    if T::NAMESPACED && r.ns.is_none() && !(r.name.is_none() && method == Method::GET) {
+        return Err(ApiError::new(405, "MethodNotAllowed", format!("{} must be addressed inside a namespace", T::RESOURCE)));
+    }
+    let watching = r.params.get("watch").is_some_and(|v| v == "true" || v == "1");
+    match (method.clone(), r.name, r.sub) {
+        (Method::GET, None, None) if watching => watch::watch::<T>(api, r.ns, r.params, selectors::<T>(r.params)?, r.out).await,
+        (Method::GET, None, None) => list::<T>(api, &r).await,
+        (Method::POST, None, None) => create::<T>(api, &r).await,
+        (Method::DELETE, None, None) => delete_collection::<T>(api, &r).await,
+        (Method::GET, Some(name), None | Some("status")) => Ok(codec::respond_obj(StatusCode::OK, r.out, &api.get::<T>(r.ns, name).await?)),
+        (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
+            let obj: T = codec::decode_body(r.headers, &r.body)?;
+            let updated = api.update_opts::<T>(r.ns, name, obj, sub.is_some(), dry_run(r.params)?).await?;
+            Ok(codec::respond_obj(StatusCode::OK, r.out, &updated))
+        }
+        (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
+        (Method::DELETE, Some(name), None) => delete::<T>(api, name, &r).await,
+        (m, _, sub) => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{m} is not supported on {}{}", T::RESOURCE, sub.map(|s| format!("/{s}")).unwrap_or_default()),
+        )),
+    }
+}
+
+/// `PodList`, `ServiceList`, ...
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<T> {
+    kind: String,
+    api_version: &'static str,
+    metadata: Value,
+    items: Vec<T>,
+}
+
+async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
+    let (l, f) = selectors::<T>(r.params)?;
+    let limit = match r.params.get("limit").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => s.parse::<i64>().map_err(|_| ApiError::bad_request(format!("limit: invalid value {s:?}")))?,
+    };
+    let continue_token = r.params.get("continue").map(String::as_str).filter(|s| !s.is_empty());
+    if continue_token.is_some() && r.params.get("resourceVersion").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+    }
+    let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit, continue_token }).await?;
+    match r.out {
+        Output::Table => {
+            let mut t = printers::table(&res.items, res.metadata["resourceVersion"].as_str().map(String::from), true);
+            t["metadata"] = res.metadata;
+            Ok(codec::respond(StatusCode::OK, r.out, t))
+        }
+        Output::PartialMetadata => {
+            let items: Vec<Value> = res.items.iter().map(codec::partial_metadata).collect();
+            let list =
+                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": res.metadata, "items": items});
+            Ok(codec::respond(StatusCode::OK, r.out, list))
+        }
+        Output::Json | Output::Yaml => {
+            let list = List { kind: format!("{}List", T::KIND), api_version: T::API_VERSION, metadata: res.metadata, items: res.items };
+            if r.out == Output::Yaml {
+                return Ok(codec::respond(StatusCode::OK, r.out, serde_json::to_value(&list).unwrap_or(Value::Null)));
+            }
+            // Serialized straight from the typed items: lists are the largest responses.
+            Ok(axum::Json(list).into_response())
+        }
+    }
+}
+
+async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
+    let dry = dry_run(r.params)?;
+    let docs = codec::parse_documents(r.headers, &r.body)?;
+    if docs.len() == 1 {
+        let obj: T = codec::decode_value(docs.into_iter().next().unwrap_or_default())?;
+        let created = api.create_opts::<T>(r.ns, obj, dry).await?;
+        return Ok(codec::respond_obj(StatusCode::CREATED, r.out, &created));
+    }
+    // Several YAML documents (an ownkube convenience for `curl --data-binary @file`): all
+    // are decoded, validated and dry-run created before any is written.
+    let objs: Vec<T> = docs.into_iter().map(codec::decode_value).collect::<Result<_, _>>()?;
+    for o in &objs {
+        api.create_opts::<T>(r.ns, o.clone(), true).await?;
+    }
+    let mut created = vec![];
+    for o in objs {
+        created.push(api.create_opts::<T>(r.ns, o, dry).await?);
+    }
+    Ok(codec::respond(StatusCode::CREATED, r.out, json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": created})))
+}
+
+/// Remove every key that begins with `$` (patch directives, which are never data).
+fn strip_directives(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            m.values_mut().for_each(strip_directives);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_directives),
+        _ => {}
+    }
+}
+
+/// Apply a patch of the request's type to `doc`.
+fn apply_patch<T: Strategy>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
+    let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode patch: {e}")))?;
+    match ty {
+        BodyType::MergePatch => pkg::patch::merge_patch(doc, &patch),
+        BodyType::StrategicMergePatch => {
+            *doc = pkg::patch::strategic_merge(doc, &patch, &pkg::patch::patch_meta(T::KIND))
+                .map_err(|e| ApiError::bad_request(format!("invalid strategic merge patch: {e}")))?;
+        }
+        BodyType::JsonPatch => {
+            let ops: json_patch::Patch =
+                serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(doc, &ops).map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
+        }
+        BodyType::ApplyPatch => {
+            return Err(ApiError::new(415, "UnsupportedMediaType", "server-side apply (application/apply-patch+yaml) is not supported yet"))
+        }
+        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "PATCH takes application/merge-patch+json, application/strategic-merge-patch+json or application/json-patch+json",
+            ))
+        }
+    }
+    strip_directives(doc);
+    Ok(())
+}
+
+/// PATCH: read, patch, write with the read's resourceVersion; a concurrent change (409)
+/// is retried unless the patch itself named a resourceVersion.
+async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: &Req<'_>) -> Result<Response, ApiError> {
+    let ty = codec::body_type(r.headers)?;
+    let dry = dry_run(r.params)?;
+    for _ in 0..5 {
+        let current = api.get::<T>(r.ns, name).await?;
+        let mut doc = serde_json::to_value(&current).unwrap_or(Value::Null);
+        apply_patch::<T>(ty, &mut doc, &r.body)?;
+        let pinned = doc["metadata"]["resourceVersion"] != json!(current.meta().resource_version);
+        let patched: T =
+            serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the patched object does not decode: {e}")))?;
+        match api.update_opts::<T>(r.ns, name, patched, status, dry).await {
+            Err(e) if e.code() == 409 && !pinned => continue,
+            res => return Ok(codec::respond_obj(StatusCode::OK, r.out, &res?)),
+        }
+    }
+    Err(ApiError::conflict(T::KIND, name))
+}
+
+/// The options of a DELETE, from the query string or a `DeleteOptions` body.
+pub struct DeleteOptions {
+    pub grace: Option<i64>,
+    pub precondition_rv: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub dry_run: bool,
+}
+
+pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        let mut docs = codec::parse_documents(h, body)?;
+        if docs.len() != 1 || !docs[0].is_object() {
+            return Err(ApiError::bad_request("the DELETE body must be one DeleteOptions object"));
+        }
+        docs.remove(0)
+    };
+    let grace = match p.get("gracePeriodSeconds") {
+        Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?),
+        None => opts.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    let body_dry = match &opts["dryRun"] {
+        Value::Null => false,
+        Value::Array(a) if a.iter().all(|v| v == "All") => !a.is_empty(),
+        other => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other}: supported values: \"All\""))),
+    };
+    let policy = p.get("propagationPolicy").map(String::as_str).or(opts["propagationPolicy"].as_str());
+    if let Some(pol) = policy.filter(|p| !["Orphan", "Background", "Foreground"].contains(p)) {
+        return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {pol:?}")));
+    }
+    Ok(DeleteOptions {
+        grace,
+        precondition_rv: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
+        precondition_uid: opts["preconditions"]["uid"].as_str().map(String::from),
+        dry_run: dry_run(p)? || body_dry,
+    })
+}
+
+async fn delete<T: Strategy + Printable>(api: &Api, name: &str, r: &Req<'_>) -> Result<Response, ApiError> {
+    let o = delete_options(r.params, r.headers, &r.body)?;
+    if T::KIND == "Namespace" && crate::BUILTIN_NAMESPACES.contains(&name) {
+        return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
+    }
+    if let Some(uid) = &o.precondition_uid {
+        if api.get::<T>(r.ns, name).await?.meta().uid.as_ref() != Some(uid) {
+            return Err(ApiError::conflict(T::KIND, name));
+        }
+    }
+    if T::KIND == "Namespace" && !o.dry_run {
+        crate::controllers::namespace::empty(api, name).await?;
+    }
+    let gone = api.delete_opts::<T>(r.ns, name, o.grace, o.precondition_rv.as_deref(), o.dry_run).await?;
+    Ok(codec::respond_obj(StatusCode::OK, r.out, &gone))
+}
+
+/// DELETE on a collection: every object the selectors match, one by one.
+async fn delete_collection<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
+    if T::KIND == "Namespace" {
+        return Err(ApiError::new(405, "MethodNotAllowed", "namespaces are deleted one by one"));
+    }
+    let o = delete_options(r.params, r.headers, &r.body)?;
+    let (l, f) = selectors::<T>(r.params)?;
+    let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit: 0, continue_token: None }).await?;
+    let mut gone = vec![];
+    for item in res.items {
+        let (ns, name) = (item.meta().namespace.clone(), item.meta().name.clone());
+        match api.delete_opts::<T>(ns.as_deref(), &name, o.grace, None, o.dry_run).await {
+            Ok(g) => gone.push(g),
+            Err(e) if e.code() == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = List { kind: format!("{}List", T::KIND), api_version: T::API_VERSION, metadata: json!({}), items: gone };
+    Ok(codec::respond(StatusCode::OK, r.out, serde_json::to_value(&list).unwrap_or(Value::Null)))
+}
