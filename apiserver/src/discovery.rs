@@ -40,113 +40,30 @@ pub struct ResourceInfo {
 const ALL_VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// Every resource ownkube serves. Routing and discovery both read this table.
+#[rustfmt::skip]
 pub const RESOURCES: &[ResourceInfo] = &[
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "namespaces",
-        singular: "namespace",
-        kind: "Namespace",
-        namespaced: false,
-        short: &["ns"],
-        subresources: &["status"],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "nodes",
-        singular: "node",
-        kind: "Node",
-        namespaced: false,
-        short: &["no"],
-        subresources: &["status"],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "pods",
-        singular: "pod",
-        kind: "Pod",
-        namespaced: true,
-        short: &["po"],
-        subresources: &["status", "log"],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "services",
-        singular: "service",
-        kind: "Service",
-        namespaced: true,
-        short: &["svc"],
-        subresources: &["status"],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "endpoints",
-        singular: "endpoints",
-        kind: "Endpoints",
-        namespaced: true,
-        short: &["ep"],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "configmaps",
-        singular: "configmap",
-        kind: "ConfigMap",
-        namespaced: true,
-        short: &["cm"],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "secrets",
-        singular: "secret",
-        kind: "Secret",
-        namespaced: true,
-        short: &[],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "serviceaccounts",
-        singular: "serviceaccount",
-        kind: "ServiceAccount",
-        namespaced: true,
-        short: &["sa"],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        name: "events",
-        singular: "event",
-        kind: "Event",
-        namespaced: true,
-        short: &["ev"],
-        subresources: &[],
-    },
-    ResourceInfo {
-        group: "coordination.k8s.io",
-        version: "v1",
-        name: "leases",
-        singular: "lease",
-        kind: "Lease",
-        namespaced: true,
-        short: &[],
-        subresources: &[],
-    },
+    ResourceInfo { group: "", version: "v1", name: "namespaces", singular: "namespace", kind: "Namespace", namespaced: false, short: &["ns"], subresources: &["status"] },
+    ResourceInfo { group: "", version: "v1", name: "nodes", singular: "node", kind: "Node", namespaced: false, short: &["no"], subresources: &["status"] },
+    ResourceInfo { group: "", version: "v1", name: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], subresources: &["status", "log"] },
+    ResourceInfo { group: "", version: "v1", name: "services", singular: "service", kind: "Service", namespaced: true, short: &["svc"], subresources: &["status"] },
+    ResourceInfo { group: "", version: "v1", name: "endpoints", singular: "endpoints", kind: "Endpoints", namespaced: true, short: &["ep"], subresources: &[] },
+    ResourceInfo { group: "", version: "v1", name: "configmaps", singular: "configmap", kind: "ConfigMap", namespaced: true, short: &["cm"], subresources: &[] },
+    ResourceInfo { group: "", version: "v1", name: "secrets", singular: "secret", kind: "Secret", namespaced: true, short: &[], subresources: &[] },
+    ResourceInfo { group: "", version: "v1", name: "serviceaccounts", singular: "serviceaccount", kind: "ServiceAccount", namespaced: true, short: &["sa"], subresources: &[] },
+    ResourceInfo { group: "", version: "v1", name: "events", singular: "event", kind: "Event", namespaced: true, short: &["ev"], subresources: &[] },
+    ResourceInfo { group: "apps", version: "v1", name: "deployments", singular: "deployment", kind: "Deployment", namespaced: true, short: &["deploy"], subresources: &["status"] },
+    ResourceInfo { group: "apps", version: "v1", name: "replicasets", singular: "replicaset", kind: "ReplicaSet", namespaced: true, short: &["rs"], subresources: &["status"] },
+    ResourceInfo { group: "coordination.k8s.io", version: "v1", name: "leases", singular: "lease", kind: "Lease", namespaced: true, short: &[], subresources: &[] },
 ];
 
 /// The groups besides the core one, each with its one version.
 fn groups() -> Vec<&'static str> {
-    let mut g: Vec<&str> = RESOURCES.iter().map(|r| r.group).filter(|g| !g.is_empty()).collect();
-    g.dedup();
+    let mut g: Vec<&str> = vec![];
+    for r in RESOURCES {
+        if !r.group.is_empty() && !g.contains(&r.group) {
+            g.push(r.group);
+        }
+    }
     g.push("authorization.k8s.io");
     g
 }
@@ -181,7 +98,7 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
         if !r.short.is_empty() {
             v["shortNames"] = json!(r.short);
         }
-        if ["pods", "services"].contains(&r.name) {
+        if ["pods", "services", "deployments", "replicasets"].contains(&r.name) {
             v["categories"] = json!(["all"]);
         }
         resources.push(v);
@@ -233,4 +150,19 @@ pub async fn openapi_v3_core() -> Json<Value> {
         );
     }
     Json(json!({"openapi": "3.0.0", "info": {"title": "ownkube", "version": "v1"}, "paths": paths}))
+}
+
+/// `/openapi/v2`. kubectl 1.27 reads it before `apply`, `edit` and `diff` (asking for
+/// gnostic's protobuf form), and falls back to the patch strategies it has compiled in
+/// for every kind the document does not describe. This document describes none yet —
+/// an empty protobuf message (zero bytes), or an empty Swagger 2.0 document as JSON —
+/// so kubectl takes the merge keys from its own copy of k8s.io/api.
+pub async fn openapi_v2(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if accept.contains("protobuf") {
+        const PB: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+        return ([(axum::http::header::CONTENT_TYPE, PB)], Vec::<u8>::new()).into_response();
+    }
+    Json(json!({"swagger": "2.0", "info": {"title": "ownkube", "version": "v1"}, "paths": {}, "definitions": {}})).into_response()
 }

@@ -242,6 +242,69 @@ impl Printable for Lease {
     }
 }
 
+/// A count from a workload's `status` (0 when the controller has not written it yet).
+fn status_count(status: &Option<Value>, key: &str) -> i64 {
+    status.as_ref().and_then(|s| s[key].as_i64()).unwrap_or(0)
+}
+
+/// `-o wide`: the template's containers, images and the selector.
+fn template_cells(t: &PodTemplateSpec, sel: Option<&LabelSelectorSpec>) -> [Value; 3] {
+    let names: Vec<&str> = t.spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let images: Vec<&str> = t.spec.containers.iter().map(|c| c.image.as_str()).collect();
+    let sel: Vec<String> = sel.map(|s| s.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
+    [json!(names.join(",")), json!(images.join(",")), json!(sel.join(","))]
+}
+
+impl Printable for Deployment {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[
+        ("Name", "string", 0),
+        ("Ready", "string", 0),
+        ("Up-to-date", "integer", 0),
+        ("Available", "integer", 0),
+        ("Age", "string", 0),
+        ("Containers", "string", 1),
+        ("Images", "string", 1),
+        ("Selector", "string", 1),
+    ];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        let s = &self.status;
+        let mut cells = vec![
+            json!(self.metadata.name),
+            json!(format!("{}/{}", status_count(s, "readyReplicas"), self.spec.replicas.unwrap_or(1))),
+            json!(status_count(s, "updatedReplicas")),
+            json!(status_count(s, "availableReplicas")),
+            age(self, now),
+        ];
+        cells.extend(template_cells(&self.spec.template, self.spec.selector.as_ref()));
+        cells
+    }
+}
+
+impl Printable for ReplicaSet {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[
+        ("Name", "string", 0),
+        ("Desired", "integer", 0),
+        ("Current", "integer", 0),
+        ("Ready", "integer", 0),
+        ("Age", "string", 0),
+        ("Containers", "string", 1),
+        ("Images", "string", 1),
+        ("Selector", "string", 1),
+    ];
+    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        let s = &self.status;
+        let mut cells = vec![
+            json!(self.metadata.name),
+            json!(self.spec.replicas.unwrap_or(1)),
+            json!(status_count(s, "replicas")),
+            json!(status_count(s, "readyReplicas")),
+            age(self, now),
+        ];
+        cells.extend(template_cells(&self.spec.template, self.spec.selector.as_ref()));
+        cells
+    }
+}
+
 /// A `meta.k8s.io/v1` Table of `items`. `headers`: include the column definitions (a watch
 /// sends them with its first event only).
 pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool) -> Value {

@@ -444,3 +444,89 @@ impl Strategy for Lease {
         validation::validate_lease(self)
     }
 }
+
+/// `metadata.generation`: 1 on create, one more each time the spec changes, so a
+/// controller can say which spec its status describes (`status.observedGeneration`).
+fn generation(meta: &ObjectMeta) -> i64 {
+    meta.extra.get("generation").and_then(serde_json::Value::as_i64).unwrap_or(0)
+}
+
+fn set_generation(meta: &mut ObjectMeta, g: i64) {
+    meta.extra.insert("generation".into(), serde_json::json!(g));
+}
+
+/// The defaults kube-apiserver gives a Deployment (pkg/apis/apps/v1/defaults.go).
+fn default_deployment(spec: &mut DeploymentSpec) {
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.progress_deadline_seconds.get_or_insert(600);
+    let strategy = spec.strategy.get_or_insert_with(|| serde_json::json!({}));
+    if strategy.get("type").is_none() {
+        strategy["type"] = serde_json::json!("RollingUpdate");
+    }
+    if strategy["type"] == "RollingUpdate" && strategy.get("rollingUpdate").is_none() {
+        strategy["rollingUpdate"] = serde_json::json!({"maxSurge": "25%", "maxUnavailable": "25%"});
+    }
+    spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
+}
+
+impl Strategy for Deployment {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        let mut c = validation::validate_workload(&self.metadata, self.spec.replicas, self.spec.selector.as_ref(), &self.spec.template);
+        if let Some(t) = self.spec.strategy.as_ref().and_then(|s| s["type"].as_str()).filter(|t| !["RollingUpdate", "Recreate"].contains(t))
+        {
+            c.push(StatusCause::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+        }
+        c
+    }
+    fn prepare_create(&mut self) {
+        self.status = Some(serde_json::json!({}));
+        default_deployment(&mut self.spec);
+        set_generation(&mut self.metadata, 1);
+    }
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        default_deployment(&mut self.spec);
+        self.status = old.status.clone();
+        let g = generation(&old.metadata) + i64::from(self.spec != old.spec);
+        set_generation(&mut self.metadata, g);
+        selector_kept(self.spec.selector.as_ref(), old.spec.selector.as_ref())
+    }
+    fn prepare_status_update(&mut self, old: &Self) -> bool {
+        let status = self.status.take();
+        *self = Self { status, ..old.clone() };
+        true
+    }
+}
+
+/// apps/v1 selectors are immutable: a changed selector would orphan every pod.
+fn selector_kept(new: Option<&LabelSelectorSpec>, old: Option<&LabelSelectorSpec>) -> Vec<StatusCause> {
+    if new != old {
+        return vec![StatusCause::invalid("spec.selector", "{...}", "field is immutable")];
+    }
+    vec![]
+}
+
+impl Strategy for ReplicaSet {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_workload(&self.metadata, self.spec.replicas, self.spec.selector.as_ref(), &self.spec.template)
+    }
+    fn prepare_create(&mut self) {
+        self.status = Some(serde_json::json!({"replicas": 0}));
+        self.spec.replicas.get_or_insert(1);
+        self.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
+        set_generation(&mut self.metadata, 1);
+    }
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        self.spec.replicas.get_or_insert(1);
+        self.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
+        self.status = old.status.clone();
+        let g = generation(&old.metadata) + i64::from(self.spec != old.spec);
+        set_generation(&mut self.metadata, g);
+        selector_kept(self.spec.selector.as_ref(), old.spec.selector.as_ref())
+    }
+    fn prepare_status_update(&mut self, old: &Self) -> bool {
+        let status = self.status.take();
+        *self = Self { status, ..old.clone() };
+        true
+    }
+}

@@ -76,6 +76,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/{version}", get(|Path(v): Path<String>| async move { group_version("", &v) }))
         .route("/apis/{group}", get(|Path(g): Path<String>| async move { discovery::api_group(&g).map(axum::Json).ok_or_else(not_found) }))
         .route("/apis/{group}/{version}", get(|Path((g, v)): Path<(String, String)>| async move { group_version(&g, &v) }))
+        .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3_root))
         .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core));
     for shape in SHAPES {
@@ -153,6 +154,8 @@ async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &Header
         "ServiceAccount" => handler::handle::<ServiceAccount>(api, method, r).await,
         "Event" => handler::handle::<Event>(api, method, r).await,
         "Lease" => handler::handle::<Lease>(api, method, r).await,
+        "Deployment" => handler::handle::<Deployment>(api, method, r).await,
+        "ReplicaSet" => handler::handle::<ReplicaSet>(api, method, r).await,
         other => Err(ApiError::internal(format!("no handler for {other}"))),
     }
 }

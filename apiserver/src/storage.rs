@@ -318,6 +318,8 @@ pub fn prefix<T: Object>() -> &'static str {
         "serviceaccounts" => "/registry/serviceaccounts/",
         "events" => "/registry/events/",
         "leases" => "/registry/leases/",
+        "deployments" => "/registry/deployments/",
+        "replicasets" => "/registry/replicasets/",
         other => unreachable!("no storage prefix for {other}"),
     }
 }

@@ -426,8 +426,66 @@ pub fn validate_lease(l: &Lease) -> Vec<StatusCause> {
     c
 }
 
+/// What a Deployment and a ReplicaSet share: replicas, a selector that is not empty and
+/// matches the template's labels, and a template that would make a valid pod.
+pub fn validate_workload(
+    meta: &ObjectMeta,
+    replicas: Option<i64>,
+    selector: Option<&LabelSelectorSpec>,
+    template: &PodTemplateSpec,
+) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(meta, NameRule::Subdomain, &mut c);
+    if let Some(r) = replicas.filter(|r| *r < 0) {
+        c.push(StatusCause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+    }
+    match selector.map(crate::selector::LabelSelector::from_spec) {
+        None => c.push(StatusCause::required("spec.selector")),
+        Some(Err(e)) => c.push(StatusCause::invalid("spec.selector", "{...}", &e.0)),
+        Some(Ok(sel)) if sel.0.is_empty() => {
+            c.push(StatusCause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
+        }
+        Some(Ok(sel)) if !sel.matches(&template.metadata.labels) => {
+            c.push(StatusCause::invalid("spec.template.metadata.labels", "{...}", "`selector` does not match template `labels`"))
+        }
+        Some(Ok(_)) => {}
+    }
+    // The template must make a valid pod (its name is the controller's to choose).
+    let pod = Pod {
+        metadata: ObjectMeta { name: "template".into(), ..template.metadata.clone() },
+        spec: template.spec.clone(),
+        ..Default::default()
+    };
+    for mut cause in validate_pod(&pod) {
+        if let Some(rest) = cause.field.strip_prefix("spec.") {
+            cause.field = format!("spec.template.spec.{rest}");
+        } else if let Some(rest) = cause.field.strip_prefix("metadata.") {
+            cause.field = format!("spec.template.metadata.{rest}");
+        }
+        c.push(cause);
+    }
+    if let Some(p) = template.spec.restart_policy.as_deref().filter(|p| *p != "Always") {
+        c.push(StatusCause::not_supported("spec.template.spec.restartPolicy", p, &["Always"]));
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn workloads_need_a_matching_selector_and_a_valid_template() {
+        let mut t = PodTemplateSpec::default();
+        t.metadata.labels.insert("app".into(), "web".into());
+        t.spec.containers.push(Container { name: "c".into(), image: "x".into(), ..Default::default() });
+        let meta = ObjectMeta { name: "web".into(), ..Default::default() };
+        let sel = |k: &str, v: &str| LabelSelectorSpec { match_labels: [(k.to_string(), v.to_string())].into(), ..Default::default() };
+        assert!(validate_workload(&meta, Some(2), Some(&sel("app", "web")), &t).is_empty());
+        assert_eq!(fields(&validate_workload(&meta, Some(-1), None, &t)), ["spec.replicas", "spec.selector"]);
+        assert_eq!(fields(&validate_workload(&meta, None, Some(&sel("app", "db")), &t)), ["spec.template.metadata.labels"]);
+        t.spec.containers[0].image = String::new();
+        assert_eq!(fields(&validate_workload(&meta, None, Some(&sel("app", "web")), &t)), ["spec.template.spec.containers[0].image"]);
+    }
+
     #[test]
     fn config_keys_and_base64() {
         assert!(is_config_key("app.properties") && is_config_key("a_b-c"));

@@ -11,6 +11,8 @@ use pkg::api::*;
 
 pub async fn empty(api: &Api, ns: &str) -> Result<(), ApiError> {
     api.get::<Namespace>(None, ns).await?;
+    delete_all::<Deployment>(api, ns, None).await?;
+    delete_all::<ReplicaSet>(api, ns, None).await?;
     delete_all::<Service>(api, ns, None).await?;
     delete_all::<Pod>(api, ns, Some(0)).await?;
     delete_all::<Endpoints>(api, ns, None).await?;

@@ -147,6 +147,11 @@ fn decode_message(buf: &[u8], msg: &'static Message, out: &mut Map<String, Value
             continue;
         }
         let v = value(&mut r, wt, ty, msg.name, name)?;
+        // Go writes every non-pointer string to protobuf, empty or not; its JSON leaves the
+        // empty ones out (`omitempty`), and so do we: `restartPolicy: ""` would be invalid.
+        if v == json!("") && !*repeated && matches!(ty, Ty::Str) {
+            continue;
+        }
         match ty {
             Ty::Map(_) => merge_map(out, name, v),
             _ if *repeated => push(out, name, v),

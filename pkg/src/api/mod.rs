@@ -1,7 +1,7 @@
 //! The Kubernetes API types ownkube speaks: `core/v1` Pod, Service, Endpoints, Node and
 //! Namespace here, in the same JSON shape as `k8s.io/api/core/v1`; ConfigMap, Secret and
-//! ServiceAccount in [`config`], Event in [`event`], and `coordination.k8s.io/v1` Lease in
-//! [`lease`].
+//! ServiceAccount in [`config`], Event in [`event`], `coordination.k8s.io/v1` Lease in
+//! [`lease`], and `apps/v1` Deployment and ReplicaSet in [`apps`].
 //!
 //! Upstream: k8s.io/api/core/v1/types.go
 //!
@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+pub mod apps;
 pub mod config;
 pub mod event;
 pub mod lease;
+pub use apps::{Deployment, DeploymentSpec, LabelSelectorSpec, PodTemplateSpec, ReplicaSet, ReplicaSetSpec};
 pub use config::{ConfigMap, Secret, ServiceAccount};
 pub use event::{Event, EventSource};
 pub use lease::{Lease, LeaseSpec};
