@@ -328,10 +328,12 @@ pub fn is_base64(s: &str) -> bool {
 /// A ConfigMap or Secret may hold at most 1 MiB of data in all (etcd's value limit, less room).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
-fn config_keys_valid(maps: &[(&str, &BTreeMap<String, String>)], c: &mut Vec<StatusCause>) -> usize {
+/// The data maps of a ConfigMap or Secret: valid, distinct keys; base64 where the map holds
+/// bytes (shown in errors as `shown`, so secrets never echo); at most 1 MiB in all.
+fn config_data_valid(maps: &[(&str, &BTreeMap<String, String>, Option<&str>)], c: &mut Vec<StatusCause>) {
     let mut seen = HashSet::new();
     let mut size = 0;
-    for (field, map) in maps {
+    for (field, map, base64_shown) in maps {
         for (k, v) in map.iter() {
             size += k.len() + v.len();
             if !is_config_key(k) {
@@ -344,37 +346,26 @@ fn config_keys_valid(maps: &[(&str, &BTreeMap<String, String>)], c: &mut Vec<Sta
                 c.push(StatusCause::duplicate(format!("{field}[{k}]"), format!("\"{k}\"")));
             }
         }
-    }
-    size
-}
-
-pub fn validate_configmap(cm: &ConfigMap) -> Vec<StatusCause> {
-    let mut c = vec![];
-    validate_meta(&cm.metadata, NameRule::Subdomain, &mut c);
-    let size = config_keys_valid(&[("data", &cm.data), ("binaryData", &cm.binary_data)], &mut c);
-    for (k, v) in &cm.binary_data {
-        if !is_base64(v) {
-            c.push(StatusCause::invalid(format!("binaryData[{k}]"), "<binary>", "must be base64-encoded"));
+        for k in map.iter().filter(|(_, v)| base64_shown.is_some() && !is_base64(v)).map(|(k, _)| k) {
+            c.push(StatusCause::invalid(format!("{field}[{k}]"), base64_shown.unwrap_or_default(), "must be base64-encoded"));
         }
     }
     if size > MAX_CONFIG_BYTES {
         c.push(StatusCause::invalid("data", size, "Too long: must have at most 1048576 bytes"));
     }
+}
+
+pub fn validate_configmap(cm: &ConfigMap) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&cm.metadata, NameRule::Subdomain, &mut c);
+    config_data_valid(&[("data", &cm.data, None), ("binaryData", &cm.binary_data, Some("<binary>"))], &mut c);
     c
 }
 
 pub fn validate_secret(s: &Secret) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&s.metadata, NameRule::Subdomain, &mut c);
-    let size = config_keys_valid(&[("data", &s.data)], &mut c);
-    for (k, v) in &s.data {
-        if !is_base64(v) {
-            c.push(StatusCause::invalid(format!("data[{k}]"), "<secret contents redacted>", "must be base64-encoded"));
-        }
-    }
-    if size > MAX_CONFIG_BYTES {
-        c.push(StatusCause::invalid("data", size, "Too long: must have at most 1048576 bytes"));
-    }
+    config_data_valid(&[("data", &s.data, Some("<secret contents redacted>"))], &mut c);
     c
 }
 
