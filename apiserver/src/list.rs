@@ -54,7 +54,7 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
 
 /// List `T` in `ns` (or everywhere), filtered and paginated.
 pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -> Result<ListResult<T>, ApiError> {
-    let keep = |o: &T| q.labels.matches(&o.meta().labels) && q.fields.matches(|path| o.field(path));
+    let keep = |o: &T| crate::watch::matches(o, q.labels, q.fields);
     if q.limit <= 0 && q.continue_token.is_none() {
         let (items, rev) = api.list::<T>(ns).await?;
         let items = items.into_iter().filter(keep).collect();
