@@ -32,7 +32,7 @@ fn world(n: usize) -> (Vec<Service>, Vec<Endpoints>) {
 
 async fn sync(p: &mut Proxier, s: &[Service], e: &[Endpoints]) -> f64 {
     let sv: Vec<&Service> = s.iter().collect();
-    let ev: BTreeMap<String, &Endpoints> = e.iter().map(|e| (format!("bench/{}", e.metadata.name), e)).collect();
+    let ev: BTreeMap<String, &Endpoints> = e.iter().map(|e| (format!("bench/{}", e.metadata.name.as_deref().unwrap_or("")), e)).collect();
     let t = Instant::now();
     p.sync(&sv, &ev).await.expect("sync");
     t.elapsed().as_secs_f64()
@@ -53,7 +53,7 @@ async fn main() {
         let full = sync(&mut p, &s, &e).await;
         let stats = p.stats.lock().unwrap().clone();
         // One service loses an endpoint.
-        e[n / 2].subsets[0].addresses.pop();
+        e[n / 2].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
         let partial = sync(&mut p, &s, &e).await;
         let written = p.stats.lock().unwrap().last_sync_service_ports_written;
         // The same full ruleset loaded by iptables-restore alone, into an empty namespace.

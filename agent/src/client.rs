@@ -3,7 +3,7 @@
 //! resourceVersion and lists again whenever the watch breaks (including `410 Gone`).
 
 use futures::StreamExt;
-use pkg::api::{Object, Status};
+use pkg::api::{Object, Status, StatusExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("apiserver: {} ({}): {}", .0.code, .0.reason, .0.message)]
+    #[error("apiserver: {} ({}): {}", .0.code(), .0.reason(), .0.message())]
     Api(Box<Status>),
     #[error("apiserver unreachable: {0}")]
     Transport(#[from] reqwest::Error),
@@ -22,7 +22,7 @@ pub enum ClientError {
 impl ClientError {
     pub fn code(&self) -> u16 {
         match self {
-            ClientError::Api(s) => s.code,
+            ClientError::Api(s) => s.code(),
             _ => 0,
         }
     }
@@ -74,7 +74,7 @@ impl<T> Change<T> {
 
 /// `namespace/name` of an object.
 pub fn ns_name<T: Object>(o: &T) -> String {
-    format!("{}/{}", o.meta().namespace.as_deref().unwrap_or(""), o.meta().name)
+    format!("{}/{}", o.namespace().unwrap_or(""), o.name())
 }
 
 /// The collection URL of a kind: `/api/v1/pods` (all namespaces) or `/api/v1/nodes`.

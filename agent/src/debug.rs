@@ -37,7 +37,7 @@ async fn logs(
         Ok(p) => p,
         Err(e) => return (StatusCode::NOT_FOUND, e.to_string()).into_response(),
     };
-    let uid = p.metadata.uid.unwrap_or_default();
+    let uid = p.metadata.uid.clone().unwrap_or_default();
     let path = crate::kubelet::Kubelet::log_path(&state_dir, &uid, &container);
     match tokio::fs::read(&path).await {
         Ok(b) => ([(axum::http::header::CONTENT_TYPE, "text/plain")], b).into_response(),

@@ -15,9 +15,10 @@ use crate::network::{self, Ipam};
 use crate::proxy::iptables::Runner;
 use crate::registry::{self, Registries};
 use crate::runtime::{self, ImageConfig, PodFiles, Runtime, TaskState, LABEL_CONTAINER, LABEL_POD, LABEL_POD_UID};
+use k8s_openapi::api::core::v1::{DaemonEndpoint, HostIP};
 use pkg::alloc::Cidr;
 use pkg::api::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ struct ContainerTrack {
     restarts: u32,
     not_before: Option<Instant>,
     waiting: Option<(String, String)>,
-    started_at: Option<String>,
+    started_at: Option<Time>,
     last_exit: Option<(u32, Option<String>)>,
 }
 
@@ -59,8 +60,8 @@ struct PodTrack {
     containers: HashMap<String, ContainerTrack>,
     terminating_since: Option<Instant>,
     killed: bool,
-    last_status: Option<Value>,
-    start_time: Option<String>,
+    last_status: Option<PodStatus>,
+    start_time: Option<Time>,
 }
 
 pub struct Kubelet {
@@ -87,7 +88,7 @@ impl Kubelet {
     /// Register (or find) this Node and get its pod CIDR; prepare the host.
     pub async fn start(client: Client, rt: Runtime, cfg: Config) -> anyhow::Result<Kubelet> {
         let node = register(&client, &cfg).await?;
-        let pod_cidr: Cidr = node.spec.pod_cidr.as_deref().ok_or_else(|| anyhow::anyhow!("node has no podCIDR"))?.parse()?;
+        let pod_cidr: Cidr = node.pod_cidr().ok_or_else(|| anyhow::anyhow!("node has no podCIDR"))?.parse()?;
         tracing::info!(node = %cfg.node_name, %pod_cidr, "node registered");
         let (net, runner) = match &cfg.netns {
             Some(name) => (network::connect_in(&std::path::Path::new(network::NETNS_DIR).join(name)).await?, Runner::in_netns(name)),
@@ -133,10 +134,10 @@ impl Kubelet {
                         match m {
                             Msg::Pod(c) => {
                                 synced |= matches!(c, Change::Synced(_));
-                                c.apply_to(&mut pods, |p| p.metadata.uid.clone().unwrap_or_default())
+                                c.apply_to(&mut pods, |p| p.uid().unwrap_or_default().to_string())
                             }
                             Msg::Node(c) => {
-                                c.apply_to(&mut nodes, |n| n.metadata.name.clone());
+                                c.apply_to(&mut nodes, |n| n.name().to_string());
                                 self.sync_routes(&nodes).await;
                             }
                         }
@@ -152,14 +153,13 @@ impl Kubelet {
 
     /// Routes to every other node's pod CIDR via its InternalIP.
     async fn sync_routes(&self, nodes: &HashMap<String, Node>) {
-        for n in nodes.values().filter(|n| n.metadata.name != self.cfg.node_name) {
-            let (Some(cidr), Some(ip)) =
-                (n.spec.pod_cidr.as_deref().and_then(|c| c.parse::<Cidr>().ok()), n.internal_ip().and_then(|i| i.parse().ok()))
+        for n in nodes.values().filter(|n| n.name() != self.cfg.node_name) {
+            let (Some(cidr), Some(ip)) = (n.pod_cidr().and_then(|c| c.parse::<Cidr>().ok()), n.internal_ip().and_then(|i| i.parse().ok()))
             else {
                 continue;
             };
             if let Err(e) = network::ensure_route(&self.net, cidr, ip).await {
-                tracing::warn!(node = %n.metadata.name, error = %e, "route to node failed");
+                tracing::warn!(node = %n.name(), error = %e, "route to node failed");
             }
         }
     }
@@ -167,10 +167,9 @@ impl Kubelet {
     /// One pass over every pod: converge, report, clean up.
     pub async fn reconcile(&mut self, pods: &HashMap<String, Pod>) {
         for (uid, pod) in pods {
-            let result =
-                if pod.metadata.deletion_timestamp.is_some() { self.terminate(uid, pod).await } else { self.ensure(uid, pod).await };
+            let result = if pod.is_deleting() { self.terminate(uid, pod).await } else { self.ensure(uid, pod).await };
             if let Err(e) = result {
-                tracing::warn!(pod = %pod.metadata.name, error = %format!("{e:#}"), "pod sync failed");
+                tracing::warn!(pod = %pod.name(), error = %format!("{e:#}"), "pod sync failed");
             }
         }
         if let Err(e) = self.sweep(pods).await {
@@ -203,12 +202,10 @@ impl Kubelet {
     async fn ensure(&mut self, uid: &str, pod: &Pod) -> anyhow::Result<()> {
         let track = self.tracks.entry(uid.to_string()).or_default();
         if track.start_time.is_none() {
-            track.start_time = pod.status.start_time.clone().or_else(|| Some(now_rfc3339()));
+            track.start_time = pod.status.as_ref().and_then(|s| s.start_time.clone()).or_else(|| Some(now()));
             // After an agent restart, restart counts come back from the reported status.
-            for cs in &pod.status.container_statuses {
-                if let (Some(n), Some(r)) = (cs["name"].as_str(), cs["restartCount"].as_u64()) {
-                    track.containers.entry(n.to_string()).or_default().restarts = r as u32;
-                }
+            for cs in pod.container_statuses() {
+                track.containers.entry(cs.name.clone()).or_default().restarts = cs.restart_count.max(0) as u32;
             }
         }
         let ns_name = netns_name(uid);
@@ -218,14 +215,14 @@ impl Kubelet {
         let dir = self.pod_dir(uid);
         std::fs::create_dir_all(&dir)?;
         let files = PodFiles { hosts: dir.join("hosts"), hostname: dir.join("hostname"), resolv: dir.join("resolv.conf") };
-        let name = pod.spec.hostname.clone().unwrap_or_else(|| pod.metadata.name.clone());
+        let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| pod.name().to_string());
         std::fs::write(&files.hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{name}\n"))?;
         std::fs::write(&files.hostname, format!("{name}\n"))?;
         if !files.resolv.exists() {
             std::fs::write(&files.resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
         }
-        let policy = pod.spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
-        for c in &pod.spec.containers {
+        let policy = pod.restart_policy();
+        for c in pod.containers() {
             let id = container_id(uid, &c.name);
             let state = self.rt.task_state(&id).await?;
             let tr = self.tracks.get_mut(uid).unwrap().containers.entry(c.name.clone()).or_default();
@@ -234,7 +231,7 @@ impl Kubelet {
                 TaskState::Running { .. } => {
                     tr.waiting = None;
                     if tr.started_at.is_none() {
-                        tr.started_at = Some(now_rfc3339());
+                        tr.started_at = Some(now());
                     }
                     continue;
                 }
@@ -242,19 +239,17 @@ impl Kubelet {
                     if tr.last_exit.as_ref().map(|e| &e.1) != Some(&at) {
                         tr.last_exit = Some((code, at.clone()));
                         tr.started_at = None;
-                        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
-                        if restart {
+                        if policy.restarts(code as i32) {
                             tr.not_before = Some(Instant::now() + backoff(tr.restarts));
                             tr.waiting = Some((
                                 "CrashLoopBackOff".into(),
                                 format!("back-off restarting failed container {} (exit code {code})", c.name),
                             ));
-                            tracing::info!(pod = %pod.metadata.name, container = %c.name, code, "container exited; restarting after back-off");
+                            tracing::info!(pod = %pod.name(), container = %c.name, code, "container exited; restarting after back-off");
                         }
                         continue;
                     }
-                    let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
-                    if !restart || !due {
+                    if !policy.restarts(code as i32) || !due {
                         continue;
                     }
                     self.rt.delete_task(&id).await?;
@@ -270,7 +265,8 @@ impl Kubelet {
                 continue;
             }
             // Create the container if containerd does not have it, then start its task.
-            let img = match self.image(&c.image).await {
+            let image = c.image.clone().unwrap_or_default();
+            let img = match self.image(&image).await {
                 Ok(i) => i,
                 Err((reason, msg)) => {
                     let tr = self.tracks.get_mut(uid).unwrap().containers.get_mut(&c.name).unwrap();
@@ -281,23 +277,24 @@ impl Kubelet {
                     continue;
                 }
             };
-            let env: Vec<(String, String)> = c.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
-            let args = runtime::process_args(&img, &c.command, &c.args);
+            let env: Vec<(String, String)> =
+                c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect();
+            let args = runtime::process_args(&img, c.command.as_deref().unwrap_or(&[]), c.args.as_deref().unwrap_or(&[]));
             let env = runtime::process_env(&img, &env);
             let cwd = c.working_dir.clone().unwrap_or(img.working_dir.clone());
             let spec = runtime::oci_spec(&args, &env, &cwd, &name, &ns, &files);
             let labels = HashMap::from([
                 (LABEL_POD_UID.to_string(), uid.to_string()),
-                (LABEL_POD.to_string(), format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name)),
+                (LABEL_POD.to_string(), format!("{}/{}", pod.namespace().unwrap_or("default"), pod.name())),
                 (LABEL_CONTAINER.to_string(), c.name.clone()),
             ]);
-            self.rt.create_container(&id, &c.image, &img.chain_id, &spec, labels).await?;
+            self.rt.create_container(&id, &image, &img.chain_id, &spec, labels).await?;
             let started = self.rt.start_task(&id, &Self::log_path(&self.cfg.state_dir, uid, &c.name)).await;
             let tr = self.tracks.get_mut(uid).unwrap().containers.get_mut(&c.name).unwrap();
             match started {
                 Ok(_) => {
                     tr.waiting = None;
-                    tr.started_at = Some(now_rfc3339());
+                    tr.started_at = Some(now());
                 }
                 Err(e) => {
                     tr.waiting = Some(("RunContainerError".into(), e.to_string()));
@@ -313,8 +310,8 @@ impl Kubelet {
     async fn report(&mut self, uid: &str, pod: &Pod, ip: Option<Ipv4Addr>) -> anyhow::Result<()> {
         let mut statuses = vec![];
         let (mut running, mut exited_ok, mut exited_bad, mut waiting) = (0, 0, 0, 0);
-        let policy = pod.spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
-        for c in &pod.spec.containers {
+        let policy = pod.restart_policy();
+        for c in pod.containers() {
             let id = container_id(uid, &c.name);
             let state = self.rt.task_state(&id).await?;
             let tr = self.tracks.get(uid).and_then(|t| t.containers.get(&c.name));
@@ -322,11 +319,13 @@ impl Kubelet {
             let (st, ready) = match (&state, tr.and_then(|t| t.waiting.clone())) {
                 (TaskState::Running { .. }, _) => {
                     running += 1;
-                    (json!({"running": {"startedAt": tr.and_then(|t| t.started_at.clone())}}), true)
+                    let started_at = tr.and_then(|t| t.started_at.clone());
+                    (ContainerState { running: Some(ContainerStateRunning { started_at }), ..Default::default() }, true)
                 }
                 (_, Some((reason, message))) => {
                     waiting += 1;
-                    (json!({"waiting": {"reason": reason, "message": message}}), false)
+                    let w = ContainerStateWaiting { reason: Some(reason), message: Some(message) };
+                    (ContainerState { waiting: Some(w), ..Default::default() }, false)
                 }
                 (TaskState::Exited { code, at }, None) => {
                     if *code == 0 {
@@ -335,62 +334,76 @@ impl Kubelet {
                         exited_bad += 1
                     }
                     let reason = if *code == 0 { "Completed" } else { "Error" };
-                    (json!({"terminated": {"exitCode": code, "reason": reason, "finishedAt": at}}), false)
+                    let finished_at = at.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(Time);
+                    let t = ContainerStateTerminated {
+                        exit_code: *code as i32,
+                        reason: Some(reason.into()),
+                        finished_at,
+                        ..Default::default()
+                    };
+                    (ContainerState { terminated: Some(t), ..Default::default() }, false)
                 }
                 _ => {
                     waiting += 1;
-                    (json!({"waiting": {"reason": "ContainerCreating"}}), false)
+                    let w = ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None };
+                    (ContainerState { waiting: Some(w), ..Default::default() }, false)
                 }
             };
-            let mut cs = json!({"name": c.name, "image": c.image, "imageID": "", "ready": ready, "restartCount": restarts, "started": ready, "state": st});
-            if !matches!(state, TaskState::Missing) {
-                cs["containerID"] = json!(format!("containerd://{id}"));
-            }
-            statuses.push(cs);
+            statuses.push(ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                ready,
+                restart_count: restarts as i32,
+                started: Some(ready),
+                state: Some(st),
+                container_id: (!matches!(state, TaskState::Missing)).then(|| format!("containerd://{id}")),
+                ..Default::default()
+            });
         }
-        let n = pod.spec.containers.len();
-        let phase = if running > 0 || (waiting > 0 && statuses.iter().any(|s| s["restartCount"].as_u64() > Some(0))) {
-            "Running"
-        } else if exited_ok + exited_bad == n && n > 0 && policy != "Always" && (exited_bad == 0 || policy == "Never") {
+        let n = pod.containers().len();
+        let phase = if running > 0 || (waiting > 0 && statuses.iter().any(|s| s.restart_count > 0)) {
+            PodPhase::Running
+        } else if exited_ok + exited_bad == n
+            && n > 0
+            && policy != RestartPolicy::Always
+            && (exited_bad == 0 || policy == RestartPolicy::Never)
+        {
             if exited_bad > 0 {
-                "Failed"
+                PodPhase::Failed
             } else {
-                "Succeeded"
+                PodPhase::Succeeded
             }
         } else {
-            "Pending"
+            PodPhase::Pending
         };
         let all_ready = running == n && n > 0;
         let track = self.tracks.get_mut(uid).unwrap();
-        let t = now_rfc3339();
-        let cond = |ty: &str, ok: bool| json!({"type": ty, "status": if ok { "True" } else { "False" }});
-        let status = json!({
-            "phase": phase,
-            "hostIP": self.cfg.node_ip.to_string(),
-            "podIP": ip.map(|i| i.to_string()),
-            "podIPs": ip.map(|i| vec![json!({"ip": i.to_string()})]).unwrap_or_default(),
-            "startTime": track.start_time,
-            "containerStatuses": statuses,
-            "conditions": [cond("Initialized", true), cond("Ready", all_ready), cond("ContainersReady", all_ready), cond("PodScheduled", true)],
-            "qosClass": "BestEffort",
-        });
+        let now = now();
+        let old_conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let mut conditions = old_conditions.clone();
+        for (ty, ok) in [("Initialized", true), ("Ready", all_ready), ("ContainersReady", all_ready), ("PodScheduled", true)] {
+            let cond = PodCondition { type_: ty.into(), status: ConditionStatus::from_bool(ok).as_str().into(), ..Default::default() };
+            set_condition(&mut conditions, cond, &now);
+        }
+        let status = PodStatus {
+            phase: Some(phase.as_str().into()),
+            host_ip: Some(self.cfg.node_ip.to_string()),
+            host_ips: Some(vec![HostIP { ip: self.cfg.node_ip.to_string() }]),
+            pod_ip: ip.map(|i| i.to_string()),
+            pod_ips: ip.map(|i| vec![PodIP { ip: i.to_string() }]),
+            start_time: track.start_time.clone(),
+            container_statuses: Some(statuses),
+            conditions: Some(conditions),
+            qos_class: Some("BestEffort".into()),
+            ..Default::default()
+        };
         if track.last_status.as_ref() == Some(&status) {
             return Ok(());
         }
         let mut body = pod.clone();
-        let mut st: PodStatus = serde_json::from_value(status.clone())?;
-        // Keep transition times stable across reports.
-        for c in &mut st.conditions {
-            let old = condition(&pod.status.conditions, &c.type_);
-            c.last_transition_time = match old {
-                Some(o) if o.status == c.status => o.last_transition_time.clone(),
-                _ => Some(t.clone()),
-            };
-        }
-        body.status = st;
+        body.status = Some(status.clone());
         body.metadata.resource_version = None;
-        let path =
-            format!("/api/v1/namespaces/{}/pods/{}/status", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name);
+        let path = format!("/api/v1/namespaces/{}/pods/{}/status", pod.namespace().unwrap_or("default"), pod.name());
         match self.client.update(&path, &body).await {
             Ok(_) => track.last_status = Some(status),
             Err(e) if e.code() == 404 => {}
@@ -402,7 +415,7 @@ impl Kubelet {
     /// A pod being deleted: SIGTERM, wait up to its grace period, SIGKILL, release
     /// everything, then delete the pod object for good.
     async fn terminate(&mut self, uid: &str, pod: &Pod) -> anyhow::Result<()> {
-        let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let grace = Duration::from_secs(pod.metadata.deletion_grace_period_seconds.unwrap_or(30).clamp(0, 10 * 365 * 86400) as u64);
         let track = self.tracks.entry(uid.to_string()).or_default();
         let first = track.terminating_since.is_none();
         let since = *track.terminating_since.get_or_insert_with(Instant::now);
@@ -411,7 +424,7 @@ impl Kubelet {
             track.killed = true;
         }
         let mut all_stopped = true;
-        for c in &pod.spec.containers {
+        for c in pod.containers() {
             let id = container_id(uid, &c.name);
             match self.rt.task_state(&id).await? {
                 TaskState::Running { .. } | TaskState::Created => {
@@ -429,15 +442,11 @@ impl Kubelet {
             return Ok(());
         }
         self.teardown(uid).await?;
-        let path = format!(
-            "/api/v1/namespaces/{}/pods/{}?gracePeriodSeconds=0",
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-            pod.metadata.name
-        );
+        let path = format!("/api/v1/namespaces/{}/pods/{}?gracePeriodSeconds=0", pod.namespace().unwrap_or("default"), pod.name());
         match self.client.delete(&path).await {
             Err(e) if e.code() != 404 => Err(e.into()),
             _ => {
-                tracing::info!(pod = %pod.metadata.name, "pod stopped and removed");
+                tracing::info!(pod = %pod.name(), "pod stopped and removed");
                 Ok(())
             }
         }
@@ -485,6 +494,8 @@ impl Kubelet {
     }
 }
 
+// Each message lives for one hop through a channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Pod(Change<Pod>),
     Node(Change<Node>),
@@ -498,7 +509,7 @@ async fn register(client: &Client, cfg: &Config) -> anyhow::Result<Node> {
             Ok(n) => return Ok(n),
             Err(e) if e.code() == 404 => {
                 let node: Node = serde_json::from_value(json!({
-                    "metadata": {"name": cfg.node_name, "labels": {"kubernetes.io/hostname": cfg.node_name, "kubernetes.io/os": "linux"}},
+                    "metadata": {"name": cfg.node_name, "labels": {"kubernetes.io/hostname": cfg.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": go_arch()}},
                     "status": {"addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node_name}]}
                 }))?;
                 match client.create("/api/v1/nodes", &node).await {
@@ -526,26 +537,37 @@ fn meminfo_kib() -> u64 {
 pub async fn heartbeat(client: &Client, cfg: &Config) -> anyhow::Result<()> {
     let path = format!("/api/v1/nodes/{}", cfg.node_name);
     let mut node: Node = client.get(&path).await?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = now();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cap: std::collections::BTreeMap<String, String> =
-        [("cpu".to_string(), cpus.to_string()), ("memory".into(), format!("{}Ki", meminfo_kib())), ("pods".into(), "110".into())].into();
-    node.status.addresses = vec![
+    let cap: std::collections::BTreeMap<String, Quantity> = [
+        ("cpu".to_string(), Quantity(cpus.to_string())),
+        ("memory".into(), Quantity(format!("{}Ki", meminfo_kib()))),
+        ("pods".into(), Quantity("110".into())),
+    ]
+    .into();
+    let version = format!("v1.32.0-ownkube.{}", env!("CARGO_PKG_VERSION"));
+    let status = node.status.get_or_insert_with(Default::default);
+    status.addresses = Some(vec![
         NodeAddress { type_: "InternalIP".into(), address: cfg.node_ip.to_string() },
         NodeAddress { type_: "Hostname".into(), address: cfg.node_name.clone() },
-    ];
-    node.status.capacity = Some(cap.clone());
-    node.status.allocatable = Some(cap);
-    let kernel = read_trimmed("/proc/sys/kernel/osrelease");
-    let version = format!("v1.32.0-ownkube.{}", env!("CARGO_PKG_VERSION"));
-    node.status.extra.insert(
-        "nodeInfo".into(),
-        json!({"kubeletVersion": version, "kubeProxyVersion": version, "kernelVersion": kernel,
-               "osImage": os_image(), "containerRuntimeVersion": "containerd://", "operatingSystem": "linux",
-               "architecture": go_arch(), "machineID": machine_id(), "systemUUID": system_uuid(), "bootID": read_trimmed("/proc/sys/kernel/random/boot_id")}),
-    );
-    node.status.extra.insert("daemonEndpoints".into(), json!({"kubeletEndpoint": {"Port": cfg.port}}));
-    let ready = Condition {
+    ]);
+    status.capacity = Some(cap.clone());
+    status.allocatable = Some(cap);
+    status.node_info = Some(NodeSystemInfo {
+        kubelet_version: version.clone(),
+        kube_proxy_version: version,
+        kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+        os_image: os_image(),
+        container_runtime_version: "containerd://".into(),
+        operating_system: "linux".into(),
+        architecture: go_arch().into(),
+        machine_id: machine_id(),
+        system_uuid: system_uuid(),
+        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        ..Default::default()
+    });
+    status.daemon_endpoints = Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: cfg.port.into() }) });
+    let ready = NodeCondition {
         type_: "Ready".into(),
         status: "True".into(),
         reason: Some("KubeletReady".into()),
@@ -553,7 +575,7 @@ pub async fn heartbeat(client: &Client, cfg: &Config) -> anyhow::Result<()> {
         last_heartbeat_time: Some(now.clone()),
         ..Default::default()
     };
-    set_condition(&mut node.status.conditions, ready, &now);
+    set_condition(status.conditions.get_or_insert_with(Vec::new), ready, &now);
     node.metadata.resource_version = None;
     client.update(&format!("{path}/status"), &node).await?;
     Ok(())

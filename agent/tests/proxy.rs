@@ -77,7 +77,8 @@ struct World {
 impl World {
     async fn sync(&self, p: &mut Proxier) {
         let s: Vec<&Service> = self.services.iter().collect();
-        let e: BTreeMap<String, &Endpoints> = self.endpoints.iter().map(|e| (format!("default/{}", e.metadata.name), e)).collect();
+        let e: BTreeMap<String, &Endpoints> =
+            self.endpoints.iter().map(|e| (format!("default/{}", e.metadata.name.as_deref().unwrap_or("")), e)).collect();
         p.sync(&s, &e).await.expect("sync");
     }
 }
@@ -205,8 +206,8 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
         .collect();
     web_chains.dedup();
     assert_eq!(web_chains.len(), 3, "web's SVC chain and two SEP chains");
-    world.services.retain(|s| s.metadata.name != "web");
-    world.endpoints.retain(|e| e.metadata.name != "web");
+    world.services.retain(|s| s.metadata.name.as_deref() != Some("web"));
+    world.endpoints.retain(|e| e.metadata.name.as_deref() != Some("web"));
     world.sync(&mut restarted).await;
     let nat = save(&lab, "nat");
     let left: Vec<&String> = web_chains.iter().filter(|c| nat.contains(c.as_str())).collect();

@@ -122,8 +122,39 @@ pub fn parse_yaml(body: &[u8]) -> Result<Vec<Value>, ApiError> {
     Ok(docs)
 }
 
-/// Decode one document into `T`, checking `kind` and `apiVersion` if it gives them.
-pub fn decode_value<T: Object>(value: Value) -> Result<T, ApiError> {
+/// `?fieldValidation=`: what to do with fields the kind does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and say so in a `Warning:` header (the default since Kubernetes 1.27).
+    Warn,
+    /// Refuse the request (`kubectl --validate=strict`, kubectl's default, asks for this).
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn from_params(p: &std::collections::HashMap<String, String>) -> Result<FieldValidation, ApiError> {
+        match p.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {v:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+}
+
+/// A decoded object and the warnings to send with the answer.
+pub struct Decoded<T> {
+    pub obj: T,
+    pub warnings: Vec<String>,
+}
+
+/// Decode one document into `T`, checking `kind` and `apiVersion` if it gives them, and
+/// reporting the fields `T` does not have as `fv` asks.
+pub fn decode_value<T: Object>(value: Value, fv: FieldValidation) -> Result<Decoded<T>, ApiError> {
     if !value.is_object() {
         return Err(ApiError::bad_request("the request body must be an object"));
     }
@@ -137,16 +168,35 @@ pub fn decode_value<T: Object>(value: Value) -> Result<T, ApiError> {
             return Err(ApiError::bad_request(format!("apiVersion {v:?} is not served here (want {:?})", T::API_VERSION)));
         }
     }
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("unable to decode {} body: {e}", T::KIND)))
+    let cannot =
+        |why: String| ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {why}", T::KIND, T::VERSION, T::KIND));
+    let (obj, unknown) = pkg::api::fields::decode_reporting_unknown::<T>(value).map_err(|e| cannot(e.to_string()))?;
+    let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    match fv {
+        FieldValidation::Strict if !warnings.is_empty() => Err(cannot(format!("strict decoding error: {}", warnings.join(", ")))),
+        FieldValidation::Warn => Ok(Decoded { obj, warnings }),
+        _ => Ok(Decoded { obj, warnings: vec![] }),
+    }
 }
 
 /// Decode a JSON or YAML body holding exactly one object.
-pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8], fv: FieldValidation) -> Result<Decoded<T>, ApiError> {
     let mut docs = parse_documents(h, body)?;
     if docs.len() != 1 {
         return Err(ApiError::bad_request(format!("expected one object, the body holds {}", docs.len())));
     }
-    decode_value(docs.remove(0))
+    decode_value(docs.remove(0), fv)
+}
+
+/// `Warning: 299 - "..."` headers, as kube-apiserver sends them (kubectl prints each).
+pub fn with_warnings(mut r: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
 }
 
 /// Write `value` as JSON or YAML.

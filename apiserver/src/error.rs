@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pkg::api::{Status, StatusCause};
+use pkg::api::{Status, StatusCause, StatusExt};
 
 #[derive(Debug)]
 pub struct ApiError(pub Box<Status>);
@@ -50,7 +50,10 @@ impl ApiError {
         Self::new(500, "InternalError", message)
     }
     pub fn code(&self) -> u16 {
-        self.0.code
+        self.0.code()
+    }
+    pub fn message(&self) -> &str {
+        self.0.message()
     }
 }
 
@@ -86,7 +89,7 @@ impl From<etcd_client::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = StatusCode::from_u16(self.0.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (code, axum::Json(*self.0)).into_response()
     }
 }

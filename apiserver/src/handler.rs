@@ -4,7 +4,7 @@
 //! in the query string: `dryRun=All` validates and answers without writing,
 //! `labelSelector`/`fieldSelector` filter, `limit`/`continue` paginate.
 
-use crate::codec::{self, BodyType, Output};
+use crate::codec::{self, BodyType, FieldValidation, Output};
 use crate::error::ApiError;
 use crate::list::{self, ListQuery};
 use crate::objects::Api;
@@ -67,9 +67,9 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         (Method::DELETE, None, None) => delete_collection::<T>(api, &r).await,
         (Method::GET, Some(name), None | Some("status")) => Ok(codec::respond_obj(StatusCode::OK, r.out, &api.get::<T>(r.ns, name).await?)),
         (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
-            let obj: T = codec::decode_body(r.headers, &r.body)?;
-            let updated = api.update_opts::<T>(r.ns, name, obj, sub.is_some(), dry_run(r.params)?).await?;
-            Ok(codec::respond_obj(StatusCode::OK, r.out, &updated))
+            let d = codec::decode_body::<T>(r.headers, &r.body, FieldValidation::from_params(r.params)?)?;
+            let updated = api.update_opts::<T>(r.ns, name, d.obj, sub.is_some(), dry_run(r.params)?).await?;
+            Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &updated), &d.warnings))
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
         (Method::DELETE, Some(name), None) => delete::<T>(api, name, &r).await,
@@ -127,23 +127,26 @@ async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respons
 
 async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
     let dry = dry_run(r.params)?;
+    let fv = FieldValidation::from_params(r.params)?;
     let docs = codec::parse_documents(r.headers, &r.body)?;
     if docs.len() == 1 {
-        let obj: T = codec::decode_value(docs.into_iter().next().unwrap_or_default())?;
-        let created = api.create_opts::<T>(r.ns, obj, dry).await?;
-        return Ok(codec::respond_obj(StatusCode::CREATED, r.out, &created));
+        let d = codec::decode_value::<T>(docs.into_iter().next().unwrap_or_default(), fv)?;
+        let created = api.create_opts::<T>(r.ns, d.obj, dry).await?;
+        return Ok(codec::with_warnings(codec::respond_obj(StatusCode::CREATED, r.out, &created), &d.warnings));
     }
     // Several YAML documents (an ownkube convenience for `curl --data-binary @file`): all
     // are decoded, validated and dry-run created before any is written.
-    let objs: Vec<T> = docs.into_iter().map(codec::decode_value).collect::<Result<_, _>>()?;
-    for o in &objs {
-        api.create_opts::<T>(r.ns, o.clone(), true).await?;
+    let decoded: Vec<codec::Decoded<T>> = docs.into_iter().map(|d| codec::decode_value(d, fv)).collect::<Result<_, _>>()?;
+    let warnings: Vec<String> = decoded.iter().flat_map(|d| d.warnings.clone()).collect();
+    for d in &decoded {
+        api.create_opts::<T>(r.ns, d.obj.clone(), true).await?;
     }
     let mut created = vec![];
-    for o in objs {
-        created.push(api.create_opts::<T>(r.ns, o, dry).await?);
+    for d in decoded {
+        created.push(api.create_opts::<T>(r.ns, d.obj, dry).await?);
     }
-    Ok(codec::respond(StatusCode::CREATED, r.out, json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": created})))
+    let list = json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": created});
+    Ok(codec::with_warnings(codec::respond(StatusCode::CREATED, r.out, list), &warnings))
 }
 
 /// Remove every key that begins with `$` (patch directives, which are never data).
@@ -192,16 +195,16 @@ fn apply_patch<T: Strategy>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Resul
 async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: &Req<'_>) -> Result<Response, ApiError> {
     let ty = codec::body_type(r.headers)?;
     let dry = dry_run(r.params)?;
+    let fv = FieldValidation::from_params(r.params)?;
     for _ in 0..5 {
         let current = api.get::<T>(r.ns, name).await?;
         let mut doc = serde_json::to_value(&current).unwrap_or(Value::Null);
         apply_patch::<T>(ty, &mut doc, &r.body)?;
         let pinned = doc["metadata"]["resourceVersion"] != json!(current.meta().resource_version);
-        let patched: T =
-            serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the patched object does not decode: {e}")))?;
-        match api.update_opts::<T>(r.ns, name, patched, status, dry).await {
+        let patched = codec::decode_value::<T>(doc, fv)?;
+        match api.update_opts::<T>(r.ns, name, patched.obj, status, dry).await {
             Err(e) if e.code() == 409 && !pinned => continue,
-            res => return Ok(codec::respond_obj(StatusCode::OK, r.out, &res?)),
+            res => return Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &res?), &patched.warnings)),
         }
     }
     Err(ApiError::conflict(T::KIND, name))
@@ -252,7 +255,7 @@ async fn delete<T: Strategy + Printable>(api: &Api, name: &str, r: &Req<'_>) -> 
         return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
     }
     if let Some(uid) = &o.precondition_uid {
-        if api.get::<T>(r.ns, name).await?.meta().uid.as_ref() != Some(uid) {
+        if api.get::<T>(r.ns, name).await?.uid() != Some(uid.as_str()) {
             return Err(ApiError::conflict(T::KIND, name));
         }
     }
@@ -273,7 +276,7 @@ async fn delete_collection<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> R
     let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit: 0, continue_token: None }).await?;
     let mut gone = vec![];
     for item in res.items {
-        let (ns, name) = (item.meta().namespace.clone(), item.meta().name.clone());
+        let (ns, name) = (item.namespace().map(String::from), item.name().to_string());
         match api.delete_opts::<T>(ns.as_deref(), &name, o.grace, None, o.dry_run).await {
             Ok(g) => gone.push(g),
             Err(e) if e.code() == 404 => {}

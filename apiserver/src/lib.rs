@@ -30,7 +30,7 @@ pub mod storage;
 pub mod watch;
 
 use pkg::alloc::{Cidr, PortRange};
-use pkg::api::{Namespace, ObjectMeta};
+use pkg::api::Namespace;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,12 +106,12 @@ impl Server {
         // The namespaces every cluster has. Retry until etcd answers.
         for ns in BUILTIN_NAMESPACES {
             loop {
-                let obj = Namespace { metadata: ObjectMeta { name: ns.into(), ..Default::default() }, ..Default::default() };
+                let obj = Namespace { metadata: pkg::api::meta(None, ns), ..Default::default() };
                 match api.create(None, obj).await {
                     Ok(_) => break,
                     Err(e) if e.code() == 409 => break,
                     Err(e) => {
-                        tracing::warn!(error = %e.0.message, "waiting for etcd");
+                        tracing::warn!(error = %e.message(), "waiting for etcd");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

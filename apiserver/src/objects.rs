@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::registry::{ApiErrorKind, Claim, Strategy};
 use crate::storage::{self, Committed, Expect, Op, Store};
 use crate::Config;
-use pkg::api::{Namespace, Object, StatusCause};
+use pkg::api::{CauseExt, Namespace, Object, StatusCause};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -24,9 +24,9 @@ pub struct Api {
 }
 
 fn owner<T: Object>(o: &T) -> String {
-    match &o.meta().namespace {
-        Some(ns) if T::NAMESPACED => format!("{} {ns}/{}", T::KIND, o.meta().name),
-        _ => format!("{} {}", T::KIND, o.meta().name),
+    match o.namespace() {
+        Some(ns) if T::NAMESPACED => format!("{} {ns}/{}", T::KIND, o.name()),
+        _ => format!("{} {}", T::KIND, o.name()),
     }
 }
 
@@ -85,7 +85,7 @@ impl Api {
 
     fn claims_for<T: Strategy>(&self, obj: &mut T, old: Option<&T>, taken: &HashSet<String>) -> Result<Vec<Claim>, ApiError> {
         obj.claims(old, &self.cfg, taken, rand::random()).map_err(|e| match e {
-            ApiErrorKind::Invalid(c) => ApiError::invalid(T::KIND, &obj.meta().name, c),
+            ApiErrorKind::Invalid(c) => ApiError::invalid(T::KIND, obj.name(), c),
             ApiErrorKind::RangeFull(m) => ApiError::internal(m),
         })
     }
@@ -127,18 +127,19 @@ impl Api {
         } else {
             meta.namespace = None;
         }
-        if meta.name.is_empty() {
-            if let Some(g) = meta.generate_name.clone().filter(|g| !g.is_empty()) {
+        if meta.name.as_deref().unwrap_or("").is_empty() {
+            meta.name = meta.generate_name.as_deref().filter(|g| !g.is_empty()).map(|g| {
                 let suffix: String = (0..5).map(|_| b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)] as char).collect();
-                meta.name = format!("{g}{suffix}");
-            }
+                format!("{g}{suffix}")
+            });
         }
         meta.uid = Some(uuid());
         meta.resource_version = None;
-        meta.creation_timestamp = Some(pkg::api::now_rfc3339());
+        meta.creation_timestamp = Some(pkg::api::now());
+        meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
         obj.prepare_create();
-        obj.set_type_meta();
-        let name = obj.meta().name.clone();
+        let name = obj.name().to_string();
         let causes = obj.validate(&self.cfg);
         if !causes.is_empty() {
             return Err(ApiError::invalid(T::KIND, &name, causes));
@@ -200,10 +201,10 @@ impl Api {
         status_only: bool,
         dry_run: bool,
     ) -> Result<T, ApiError> {
-        if !new.meta().name.is_empty() && new.meta().name != name {
+        if !new.name().is_empty() && new.name() != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
-                new.meta().name
+                new.name()
             )));
         }
         if let (true, Some(ns), Some(given)) = (T::NAMESPACED, ns, new.meta().namespace.as_deref()) {
@@ -226,13 +227,14 @@ impl Api {
             let mut o = new.clone();
             {
                 let (m, om) = (o.meta_mut(), old.meta());
-                m.name = name.to_string();
+                m.name = Some(name.to_string());
                 m.namespace = om.namespace.clone();
                 m.uid = om.uid.clone();
                 m.creation_timestamp = om.creation_timestamp.clone();
                 m.generate_name = om.generate_name.clone();
+                m.deletion_timestamp = om.deletion_timestamp.clone();
+                m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
             }
-            o.set_type_meta();
             let mut causes = if status_only {
                 if !o.prepare_status_update(&old) {
                     return Err(ApiError::new(404, "NotFound", format!("{} has no status subresource", T::RESOURCE)));

@@ -5,16 +5,19 @@
 use pkg::api::*;
 use serde_json::{json, Value};
 
+/// Seconds since the Unix epoch: the "now" every AGE column is measured from.
+pub type Now = i64;
+
 pub trait Printable: Object {
     /// (name, type, priority)
     const COLUMNS: &'static [(&'static str, &'static str, u8)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value>;
+    fn cells(&self, now: Now) -> Vec<Value>;
 }
 
 /// The AGE column, as `kubectl` shows it (`45s`, `3m20s`, `5h`, `2d3h`, ...).
-pub fn human_age(created: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> String {
-    let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else { return "<unknown>".into() };
-    let s = (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+pub fn human_age(created: Option<i64>, now: Now) -> String {
+    let Some(t) = created else { return "<unknown>".into() };
+    let s = (now - t).max(0);
     let (m, h, d) = (s / 60, s / 3600, s / 86400);
     match () {
         _ if s < 120 => format!("{s}s"),
@@ -28,8 +31,31 @@ pub fn human_age(created: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> S
     }
 }
 
-fn age<T: Object>(o: &T, now: chrono::DateTime<chrono::Utc>) -> Value {
-    json!(human_age(o.meta().creation_timestamp.as_deref(), now))
+fn age<T: Object>(o: &T, now: Now) -> Value {
+    json!(human_age(o.meta().creation_timestamp.as_ref().map(seconds), now))
+}
+
+fn or_none(s: Option<&str>) -> Value {
+    json!(s.filter(|s| !s.is_empty()).unwrap_or("<none>"))
+}
+
+/// The STATUS column of `kubectl get pods`: a waiting or terminated reason says more than
+/// the phase (`CrashLoopBackOff`, `ErrImagePull`, `Completed`), `Terminating` most.
+fn pod_status(pod: &Pod) -> String {
+    let statuses = pod.container_statuses();
+    let state = |f: fn(&ContainerState) -> Option<&String>| statuses.iter().find_map(|c| c.state.as_ref().and_then(f)).cloned();
+    let waiting = state(|s| s.waiting.as_ref().and_then(|w| w.reason.as_ref()));
+    let terminated = state(|s| s.terminated.as_ref().and_then(|t| t.reason.as_ref()));
+    let phase = pod.phase();
+    let reason = pod.status.as_ref().and_then(|s| s.reason.clone());
+    let mut status = reason.or(waiting.clone()).or(terminated);
+    if status.is_none() || phase == PodPhase::Running && waiting.is_none() {
+        status = Some(phase.as_str().to_string());
+    }
+    if pod.is_deleting() {
+        status = Some("Terminating".into());
+    }
+    status.unwrap_or_else(|| "Pending".into())
 }
 
 impl Printable for Pod {
@@ -44,27 +70,18 @@ impl Printable for Pod {
         ("Nominated Node", "string", 1),
         ("Readiness Gates", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let statuses = &self.status.container_statuses;
-        let ready = statuses.iter().filter(|c| c["ready"] == json!(true)).count();
-        let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
-        let waiting = statuses.iter().find_map(|c| c["state"]["waiting"]["reason"].as_str());
-        let terminated = statuses.iter().find_map(|c| c["state"]["terminated"]["reason"].as_str());
-        let mut status = self.status.reason.clone().or_else(|| waiting.map(String::from)).or_else(|| terminated.map(String::from));
-        if status.is_none() || self.status.phase.as_deref() == Some("Running") && waiting.is_none() {
-            status = self.status.phase.clone();
-        }
-        if self.metadata.deletion_timestamp.is_some() {
-            status = Some("Terminating".into());
-        }
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let statuses = self.container_statuses();
+        let ready = statuses.iter().filter(|c| c.ready).count();
+        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
         vec![
-            json!(self.metadata.name),
-            json!(format!("{ready}/{}", self.spec.containers.len())),
-            json!(status.unwrap_or_else(|| "Pending".into())),
+            json!(self.name()),
+            json!(format!("{ready}/{}", self.containers().len())),
+            json!(pod_status(self)),
             json!(restarts.to_string()),
             age(self, now),
-            json!(self.status.pod_ip.clone().unwrap_or_else(|| "<none>".into())),
-            json!(self.spec.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "<none>".into())),
+            or_none(self.pod_ip()),
+            or_none(self.node_name()),
             json!("<none>"),
             json!("<none>"),
         ]
@@ -81,56 +98,46 @@ impl Printable for Service {
         ("Age", "string", 0),
         ("Selector", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    fn cells(&self, now: Now) -> Vec<Value> {
         let ports: Vec<String> = self
-            .spec
-            .ports
+            .ports()
             .iter()
             .map(|p| match p.node_port {
-                Some(n) => format!("{}:{n}/{}", p.port, p.protocol()),
-                None => format!("{}/{}", p.port, p.protocol()),
+                Some(n) => format!("{}:{n}/{}", p.port, protocol(&p.protocol)),
+                None => format!("{}/{}", p.port, protocol(&p.protocol)),
             })
             .collect();
-        let external = match self.spec.type_() {
-            "ExternalName" => self.spec.external_name.clone().unwrap_or_default(),
+        let external = match self.type_() {
+            "ExternalName" => self.spec.as_ref().and_then(|s| s.external_name.clone()).unwrap_or_default(),
             "LoadBalancer" => "<pending>".into(),
             _ => "<none>".into(),
         };
-        let selector = match &self.spec.selector {
-            Some(s) if !s.is_empty() => s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-            _ => "<none>".into(),
-        };
+        let selector = self.selector().map(|s| s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
         vec![
-            json!(self.metadata.name),
-            json!(self.spec.type_()),
-            json!(self.spec.cluster_ip.clone().unwrap_or_else(|| "<none>".into())),
+            json!(self.name()),
+            json!(self.type_()),
+            or_none(self.cluster_ip()),
             json!(external),
-            json!(if ports.is_empty() { "<none>".into() } else { ports.join(",") }),
+            or_none(Some(&ports.join(","))),
             age(self, now),
-            json!(selector),
+            or_none(selector.as_deref()),
         ]
     }
 }
 
 impl Printable for Endpoints {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    fn cells(&self, now: Now) -> Vec<Value> {
         let mut eps: Vec<String> = vec![];
-        for s in &self.subsets {
-            for a in &s.addresses {
-                for p in &s.ports {
+        for s in self.subsets.iter().flatten() {
+            for a in s.addresses.iter().flatten() {
+                for p in s.ports.iter().flatten() {
                     eps.push(format!("{}:{}", a.ip, p.port));
                 }
             }
         }
-        let shown = if eps.is_empty() {
-            "<none>".to_string()
-        } else if eps.len() > 3 {
-            format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
-        } else {
-            eps.join(",")
-        };
-        vec![json!(self.metadata.name), json!(shown), age(self, now)]
+        let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
+        vec![json!(self.name()), or_none(Some(&shown)), age(self, now)]
     }
 }
 
@@ -147,56 +154,57 @@ impl Printable for Node {
         ("Kernel-Version", "string", 1),
         ("Container-Runtime", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+    fn cells(&self, now: Now) -> Vec<Value> {
         let mut status = if self.is_ready() { "Ready".to_string() } else { "NotReady".to_string() };
-        if self.spec.unschedulable == Some(true) {
+        if self.unschedulable() {
             status.push_str(",SchedulingDisabled");
         }
-        let info = self.status.extra.get("nodeInfo").cloned().unwrap_or(Value::Null);
-        let s = |v: &Value| v.as_str().filter(|s| !s.is_empty()).unwrap_or("<unknown>").to_string();
+        let info = self.status.as_ref().and_then(|s| s.node_info.clone()).unwrap_or_default();
+        let s = |v: &str| if v.is_empty() { "<unknown>".to_string() } else { v.to_string() };
         vec![
-            json!(self.metadata.name),
+            json!(self.name()),
             json!(status),
             json!("<none>"),
             age(self, now),
-            json!(s(&info["kubeletVersion"])),
-            json!(self.internal_ip().unwrap_or("<none>")),
+            json!(s(&info.kubelet_version)),
+            or_none(self.internal_ip()),
             json!("<none>"),
-            json!(s(&info["osImage"])),
-            json!(s(&info["kernelVersion"])),
-            json!(s(&info["containerRuntimeVersion"])),
+            json!(s(&info.os_image)),
+            json!(s(&info.kernel_version)),
+            json!(s(&info.container_runtime_version)),
         ]
     }
 }
 
 impl Printable for Namespace {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let phase = self.status.as_ref().and_then(|s| s["phase"].as_str()).unwrap_or("Active");
-        vec![json!(self.metadata.name), json!(phase), age(self, now)]
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Active");
+        vec![json!(self.name()), json!(phase), age(self, now)]
     }
 }
 
 impl Printable for ConfigMap {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        vec![json!(self.metadata.name), json!(self.data.len() + self.binary_data.len()), age(self, now)]
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let n = self.data.as_ref().map_or(0, |d| d.len()) + self.binary_data.as_ref().map_or(0, |d| d.len());
+        vec![json!(self.name()), json!(n), age(self, now)]
     }
 }
 
 impl Printable for Secret {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] =
         &[("Name", "string", 0), ("Type", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        vec![json!(self.metadata.name), json!(self.type_.as_deref().unwrap_or("Opaque")), json!(self.data.len()), age(self, now)]
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let n = self.data.as_ref().map_or(0, |d| d.len());
+        vec![json!(self.name()), json!(self.type_.as_deref().unwrap_or("Opaque")), json!(n), age(self, now)]
     }
 }
 
 impl Printable for ServiceAccount {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Secrets", "integer", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let secrets = self.extra.get("secrets").and_then(Value::as_array).map_or(0, Vec::len);
-        vec![json!(self.metadata.name), json!(secrets), age(self, now)]
+    fn cells(&self, now: Now) -> Vec<Value> {
+        vec![json!(self.name()), json!(self.secrets.as_ref().map_or(0, |s| s.len())), age(self, now)]
     }
 }
 
@@ -214,44 +222,42 @@ impl Printable for Event {
         ("Count", "string", 1),
         ("Name", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let event_time = self.extra.get("eventTime").and_then(Value::as_str);
-        let last = self.last_timestamp.as_deref().or(event_time).or(self.metadata.creation_timestamp.as_deref());
-        let first = self.first_timestamp.as_deref().or(event_time).or(self.metadata.creation_timestamp.as_deref());
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let event_time = self.event_time.as_ref().map(|t| t.0.as_second());
+        let created = self.metadata.creation_timestamp.as_ref().map(seconds);
+        let last = self.last_timestamp.as_ref().map(seconds).or(event_time).or(created);
+        let first = self.first_timestamp.as_ref().map(seconds).or(event_time).or(created);
         let io = &self.involved_object;
-        let source = self.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default();
+        let source = self.source.as_ref().and_then(|s| s.component.clone()).or(self.reporting_component.clone()).unwrap_or_default();
         vec![
             json!(human_age(last, now)),
             json!(self.type_.as_deref().unwrap_or("")),
             json!(self.reason.as_deref().unwrap_or("")),
-            json!(format!("{}/{}", io.kind.to_lowercase(), io.name)),
+            json!(format!("{}/{}", io.kind.as_deref().unwrap_or("").to_lowercase(), io.name.as_deref().unwrap_or(""))),
             json!(io.field_path.as_deref().unwrap_or("")),
             json!(source),
             json!(self.message.as_deref().unwrap_or("").trim()),
             json!(human_age(first, now)),
             json!(self.count.unwrap_or(1).to_string()),
-            json!(self.metadata.name),
+            json!(self.name()),
         ]
     }
 }
 
 impl Printable for Lease {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        vec![json!(self.metadata.name), json!(self.spec.holder_identity.as_deref().unwrap_or("")), age(self, now)]
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let holder = self.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or("");
+        vec![json!(self.name()), json!(holder), age(self, now)]
     }
 }
 
-/// A count from a workload's `status` (0 when the controller has not written it yet).
-fn status_count(status: &Option<Value>, key: &str) -> i64 {
-    status.as_ref().and_then(|s| s[key].as_i64()).unwrap_or(0)
-}
-
 /// `-o wide`: the template's containers, images and the selector.
-fn template_cells(t: &PodTemplateSpec, sel: Option<&LabelSelectorSpec>) -> [Value; 3] {
-    let names: Vec<&str> = t.spec.containers.iter().map(|c| c.name.as_str()).collect();
-    let images: Vec<&str> = t.spec.containers.iter().map(|c| c.image.as_str()).collect();
-    let sel: Vec<String> = sel.map(|s| s.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
+fn template_cells(t: Option<&PodTemplateSpec>, sel: &LabelSelector) -> [Value; 3] {
+    let containers = t.and_then(|t| t.spec.as_ref()).map_or(&[][..], |s| &s.containers[..]);
+    let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+    let images: Vec<&str> = containers.iter().map(|c| c.image.as_deref().unwrap_or("")).collect();
+    let sel: Vec<String> = sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
     [json!(names.join(",")), json!(images.join(",")), json!(sel.join(","))]
 }
 
@@ -266,16 +272,17 @@ impl Printable for Deployment {
         ("Images", "string", 1),
         ("Selector", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let s = &self.status;
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let s = self.status.clone().unwrap_or_default();
+        let spec = self.spec.clone().unwrap_or_default();
         let mut cells = vec![
-            json!(self.metadata.name),
-            json!(format!("{}/{}", status_count(s, "readyReplicas"), self.spec.replicas.unwrap_or(1))),
-            json!(status_count(s, "updatedReplicas")),
-            json!(status_count(s, "availableReplicas")),
+            json!(self.name()),
+            json!(format!("{}/{}", s.ready_replicas.unwrap_or(0), spec.replicas.unwrap_or(1))),
+            json!(s.updated_replicas.unwrap_or(0)),
+            json!(s.available_replicas.unwrap_or(0)),
             age(self, now),
         ];
-        cells.extend(template_cells(&self.spec.template, self.spec.selector.as_ref()));
+        cells.extend(template_cells(Some(&spec.template), &spec.selector));
         cells
     }
 }
@@ -291,16 +298,17 @@ impl Printable for ReplicaSet {
         ("Images", "string", 1),
         ("Selector", "string", 1),
     ];
-    fn cells(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let s = &self.status;
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let s = self.status.clone().unwrap_or_default();
+        let spec = self.spec.clone().unwrap_or_default();
         let mut cells = vec![
-            json!(self.metadata.name),
-            json!(self.spec.replicas.unwrap_or(1)),
-            json!(status_count(s, "replicas")),
-            json!(status_count(s, "readyReplicas")),
+            json!(self.name()),
+            json!(spec.replicas.unwrap_or(1)),
+            json!(s.replicas),
+            json!(s.ready_replicas.unwrap_or(0)),
             age(self, now),
         ];
-        cells.extend(template_cells(&self.spec.template, self.spec.selector.as_ref()));
+        cells.extend(template_cells(spec.template.as_ref(), &spec.selector));
         cells
     }
 }
@@ -308,7 +316,7 @@ impl Printable for ReplicaSet {
 /// A `meta.k8s.io/v1` Table of `items`. `headers`: include the column definitions (a watch
 /// sends them with its first event only).
 pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool) -> Value {
-    let now = chrono::Utc::now();
+    let now = jiff::Timestamp::now().as_second();
     let columns: Vec<Value> = if headers {
         T::COLUMNS
             .iter()
@@ -345,12 +353,12 @@ mod tests {
 
     #[test]
     fn ages_read_like_kubectl() {
-        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z").unwrap().with_timezone(&chrono::Utc);
-        let at = |s: i64| (now - chrono::Duration::seconds(s)).to_rfc3339();
-        assert_eq!(human_age(Some(&at(45)), now), "45s");
-        assert_eq!(human_age(Some(&at(200)), now), "3m20s");
-        assert_eq!(human_age(Some(&at(3600 * 5)), now), "5h");
-        assert_eq!(human_age(Some(&at(86400 * 2 + 3600 * 3)), now), "2d3h");
+        let now = 1_800_000_000;
+        let at = |s: i64| Some(now - s);
+        assert_eq!(human_age(at(45), now), "45s");
+        assert_eq!(human_age(at(200), now), "3m20s");
+        assert_eq!(human_age(at(3600 * 5), now), "5h");
+        assert_eq!(human_age(at(86400 * 2 + 3600 * 3), now), "2d3h");
         assert_eq!(human_age(None, now), "<unknown>");
     }
 }

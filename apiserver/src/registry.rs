@@ -1,11 +1,14 @@
 //! Per-kind behaviour ("strategies" in kube-apiserver's `pkg/registry`): what is validated,
 //! what the server fills in on create, which fields an update may not change, which numbers
 //! an object claims from the allocators, and how field selectors read it.
+//!
+//! Upstream: k8s.io/kubernetes/pkg/registry/core/{pod,service,node,...}/strategy.go
 
 use crate::Config;
 use pkg::alloc::first_free;
 use pkg::api::*;
 use pkg::validation::{self, ServiceRanges};
+use serde_json::Value;
 use std::collections::HashSet;
 
 /// Where each allocator records who holds what.
@@ -24,23 +27,47 @@ pub struct Claim {
     pub requested: bool,
 }
 
+/// Replace `to`'s top-level `field` (`status`, `spec`) with `from`'s, through JSON: the
+/// same few lines for every kind, whatever the field's type.
+fn copy_field<T: Object>(to: &mut T, from: &T, field: &str) {
+    let (Ok(mut doc), Ok(mut src)) = (serde_json::to_value(&*to), serde_json::to_value(from)) else { return };
+    match src.get_mut(field).map(Value::take) {
+        Some(v) => drop(doc.as_object_mut().map(|m| m.insert(field.to_string(), v))),
+        None => drop(doc.as_object_mut().map(|m| m.remove(field))),
+    }
+    if let Ok(o) = serde_json::from_value(doc) {
+        *to = o;
+    }
+}
+
 /// What a kind does beyond generic storage.
 pub trait Strategy: Object {
     fn validate(&self, cfg: &Config) -> Vec<StatusCause>;
 
-    /// Reset what a client may not set on create (status, mostly).
+    /// Whether the kind has a `status` only the `/status` subresource writes.
+    const HAS_STATUS: bool = false;
+
+    /// Reset what a client may not set on create (status, mostly) and fill in defaults.
     fn prepare_create(&mut self) {}
 
     /// For a PUT on the object: keep what only the status subresource may change and
     /// report fields that may not change.
-    fn prepare_update(&mut self, _old: &Self) -> Vec<StatusCause> {
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        if Self::HAS_STATUS {
+            copy_field(self, old, "status");
+        }
         vec![]
     }
 
     /// For a PUT on `/status`: take everything but the status from the stored object.
+    /// `false`: the kind has no status subresource.
     fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let _ = old;
-        false
+        if Self::HAS_STATUS {
+            let mut merged = old.clone();
+            copy_field(&mut merged, self, "status");
+            *self = merged;
+        }
+        Self::HAS_STATUS
     }
 
     /// Allocator prefixes whose taken set should be read before choosing (small ranges
@@ -79,77 +106,120 @@ pub enum ApiErrorKind {
     RangeFull(String),
 }
 
+fn default_field<T: Object>(o: &T, path: &str) -> String {
+    match path {
+        "metadata.name" => o.name().to_string(),
+        "metadata.namespace" => o.namespace().unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `metadata.generation`: 1 on create, one more each time the spec changes, so a
+/// controller can say which spec its status describes (`status.observedGeneration`).
+fn next_generation<T: Object>(new: &mut T, old: Option<&T>, spec_changed: bool) {
+    let g = match old {
+        None => 1,
+        Some(o) => o.meta().generation.unwrap_or(1) + i64::from(spec_changed),
+    };
+    new.meta_mut().generation = Some(g);
+}
+
+// ---------------------------------------------------------------- Pod
+
 impl Strategy for Pod {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_pod(self)
     }
+    const HAS_STATUS: bool = true;
     fn prepare_create(&mut self) {
-        self.status = PodStatus { phase: Some("Pending".into()), ..Default::default() };
-        self.metadata.deletion_timestamp = None;
+        self.status = Some(PodStatus { phase: Some("Pending".into()), qos_class: Some("BestEffort".into()), ..Default::default() });
+        if let Some(spec) = self.spec.as_mut() {
+            spec.restart_policy.get_or_insert_with(|| "Always".into());
+            spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+            spec.termination_grace_period_seconds.get_or_insert(30);
+            spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+            for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+                c.termination_message_policy.get_or_insert_with(|| "File".into());
+                let latest =
+                    c.image.as_deref().is_some_and(|i| !i.rsplit('/').next().unwrap_or("").contains(':') || i.ends_with(":latest"));
+                c.image_pull_policy.get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.into());
+                for p in c.ports.iter_mut().flatten() {
+                    p.protocol.get_or_insert_with(|| "TCP".into());
+                }
+            }
+        }
     }
     fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        self.status = old.status.clone();
-        self.metadata.deletion_timestamp = old.metadata.deletion_timestamp.clone();
-        self.metadata.deletion_grace_period_seconds = old.metadata.deletion_grace_period_seconds;
+        copy_field(self, old, "status");
         let mut c = vec![];
-        if let Some(old_node) = old.spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-            if self.spec.node_name.as_deref() != Some(old_node) {
+        if let Some(old_node) = old.node_name() {
+            if self.node_name() != Some(old_node) {
                 c.push(StatusCause::invalid(
                     "spec.nodeName",
-                    format!("\"{}\"", self.spec.node_name.as_deref().unwrap_or("")),
+                    format!("\"{}\"", self.node_name().unwrap_or("")),
                     "field is immutable once the pod is bound",
                 ));
             }
         }
-        if self.spec.containers.len() != old.spec.containers.len()
-            || self.spec.containers.iter().zip(&old.spec.containers).any(|(a, b)| a.name != b.name)
-        {
+        let names = |p: &Pod| p.containers().iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        if names(self) != names(old) {
             c.push(StatusCause::invalid("spec.containers", "[...]", "pod updates may not add or remove containers"));
         }
         c
-    }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = std::mem::take(&mut self.status);
-        *self = Self { status, ..old.clone() };
-        true
     }
     /// A pod bound to a node is deleted gracefully: the API marks it (`deletionTimestamp`,
     /// `deletionGracePeriodSeconds`), its kubelet sends SIGTERM, waits up to the grace
     /// period, kills, releases everything and then deletes the object for good with a
     /// grace period of 0. Unbound or finished pods, and `gracePeriodSeconds=0`, go at once.
     fn begin_graceful_delete(&mut self, grace: Option<i64>) -> bool {
-        if self.spec.node_name.as_deref().unwrap_or("").is_empty() || self.is_terminal() {
+        if self.node_name().is_none() || self.is_terminal() {
             return false;
         }
-        let grace = grace.unwrap_or(self.spec.termination_grace_period_seconds.unwrap_or(30)).max(0);
+        let spec_grace = self.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+        let grace = grace.unwrap_or(spec_grace).max(0);
         if grace == 0 {
             return false;
         }
         if self.metadata.deletion_grace_period_seconds.is_some_and(|g| g <= grace) {
             return true; // already being deleted, at least as fast
         }
-        let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
-        self.metadata.deletion_timestamp = Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        // A grace period beyond what a timestamp can hold ends at the last representable second.
+        let at = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(grace)).unwrap_or(jiff::Timestamp::MAX);
+        self.metadata.deletion_timestamp = Some(Time(at));
         self.metadata.deletion_grace_period_seconds = Some(grace);
         true
     }
     const FIELDS: &'static [&'static str] = &["metadata.name", "metadata.namespace", "spec.nodeName", "status.phase", "status.podIP"];
     fn field(&self, path: &str) -> String {
         match path {
-            "spec.nodeName" => self.spec.node_name.clone().unwrap_or_default(),
-            "status.phase" => self.status.phase.clone().unwrap_or_default(),
-            "status.podIP" => self.status.pod_ip.clone().unwrap_or_default(),
+            "spec.nodeName" => self.node_name().unwrap_or_default().to_string(),
+            "status.phase" => self.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default(),
+            "status.podIP" => self.pod_ip().unwrap_or_default().to_string(),
             p => default_field(self, p),
         }
     }
 }
 
-fn default_field<T: Object>(o: &T, path: &str) -> String {
-    let m = o.meta();
-    match path {
-        "metadata.name" => m.name.clone(),
-        "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
-        _ => String::new(),
+// ---------------------------------------------------------------- Service
+
+/// The defaults kube-apiserver gives a service's ports and type.
+fn default_service(spec: &mut ServiceSpec) {
+    for p in spec.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+        if p.target_port.is_none() && (1..=65535).contains(&p.port) {
+            p.target_port = Some(IntOrString::Int(p.port));
+        }
+    }
+    spec.type_.get_or_insert_with(|| "ClusterIP".into());
+    spec.session_affinity.get_or_insert_with(|| "None".into());
+    if spec.type_.as_deref() != Some("ExternalName") {
+        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
+        spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
+        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+    }
+    if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+        spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
     }
 }
 
@@ -160,113 +230,153 @@ impl Strategy for Service {
             &ServiceRanges { cluster_ips: cfg.service_cluster_ip_range, node_ports: cfg.service_node_port_range },
         )
     }
+    const HAS_STATUS: bool = true;
     fn prepare_create(&mut self) {
-        self.status = Some(serde_json::json!({"loadBalancer": {}}));
-        for p in &mut self.spec.ports {
-            if p.protocol.is_none() {
-                p.protocol = Some("TCP".into());
-            }
-            if p.target_port.is_none() && (1..=65535).contains(&p.port) {
-                p.target_port = Some(IntOrString::Int(p.port));
-            }
-        }
-        if self.spec.type_.is_none() {
-            self.spec.type_ = Some("ClusterIP".into());
-        }
+        self.status = Some(serde_json::from_value(serde_json::json!({"loadBalancer": {}})).unwrap_or_default());
+        default_service(self.spec.get_or_insert_with(Default::default));
     }
     fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        self.prepare_create();
-        self.status = old.status.clone();
+        copy_field(self, old, "status");
+        default_service(self.spec.get_or_insert_with(Default::default));
         let mut c = vec![];
+        let old_spec = old.spec.clone().unwrap_or_default();
+        let is_external = self.type_() == "ExternalName";
+        let wants_node_ports = self.wants_node_ports();
+        let spec = self.spec.get_or_insert_with(Default::default);
         // Like Kubernetes, an update that leaves the ClusterIP out keeps the allocated one.
-        match self.spec.cluster_ip.as_deref() {
+        match spec.cluster_ip.as_deref() {
             None | Some("") => {
-                self.spec.cluster_ip = old.spec.cluster_ip.clone();
-                self.spec.cluster_ips = old.spec.cluster_ips.clone();
+                spec.cluster_ip = old_spec.cluster_ip.clone();
+                spec.cluster_ips = old_spec.cluster_ips.clone();
             }
-            Some(ip) if old.spec.cluster_ip.as_deref().is_some_and(|o| o != ip) && self.spec.type_() != "ExternalName" => {
+            Some(ip) if old_spec.cluster_ip.as_deref().is_some_and(|o| o != ip) && !is_external => {
                 c.push(StatusCause::invalid("spec.clusterIP", format!("\"{ip}\""), "field is immutable"))
             }
             _ => {}
         }
         // ... and so do node ports left out of a port that still exists.
-        if self.spec.wants_node_ports() {
-            for p in &mut self.spec.ports {
+        if wants_node_ports {
+            let old_ports = old_spec.ports.unwrap_or_default();
+            for p in spec.ports.iter_mut().flatten() {
                 if p.node_port.unwrap_or(0) == 0 {
-                    p.node_port =
-                        old.spec.ports.iter().find(|o| o.port == p.port && o.protocol() == p.protocol()).and_then(|o| o.node_port);
+                    p.node_port = old_ports
+                        .iter()
+                        .find(|o| o.port == p.port && protocol(&o.protocol) == protocol(&p.protocol))
+                        .and_then(|o| o.node_port);
                 }
             }
         }
         c
     }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = self.status.take();
-        *self = Self { status, ..old.clone() };
-        true
-    }
     const ALLOCATORS: &'static [&'static str] = &[SERVICE_IPS, NODE_PORTS];
     fn claims(&mut self, old: Option<&Self>, cfg: &Config, taken: &HashSet<String>, seed: u64) -> Result<Vec<Claim>, ApiErrorKind> {
         let mut claims = vec![];
-        let owner_ips: HashSet<String> = old.into_iter().flat_map(|o| o.spec.cluster_ip.clone()).collect();
-        if self.spec.wants_cluster_ip() {
-            let (ip, requested) = match self.spec.cluster_ip.as_deref() {
-                Some(ip) if !ip.is_empty() => (ip.to_string(), !owner_ips.contains(ip)),
-                _ => {
-                    let range = cfg.service_cluster_ip_range;
-                    let usable = range.usable();
-                    let n = usable.end - usable.start;
-                    let pick =
-                        first_free(n, seed % n, |i| taken.contains(&format!("{SERVICE_IPS}{}", range.nth(usable.start + i).unwrap())))
-                            .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a serviceIP: range {range} is full")))?;
-                    (range.nth(usable.start + pick).unwrap().to_string(), false)
-                }
-            };
-            self.spec.cluster_ip = Some(ip.clone());
-            self.spec.cluster_ips = Some(vec![ip.clone()]);
-            claims.push(Claim { key: format!("{SERVICE_IPS}{ip}"), field: "spec.clusterIP".into(), value: ip, requested });
-        } else if self.spec.type_() == "ExternalName" {
-            self.spec.cluster_ip = None;
-            self.spec.cluster_ips = None;
-        } else {
-            self.spec.cluster_ips = Some(vec!["None".into()]);
-        }
-        if self.spec.wants_node_ports() {
-            let held: HashSet<i64> = old.into_iter().flat_map(|o| o.spec.ports.iter().filter_map(|p| p.node_port)).collect();
-            let mut mine: HashSet<i64> = self.spec.ports.iter().filter_map(|p| p.node_port).filter(|&p| p != 0).collect();
-            let range = cfg.service_node_port_range;
-            for (i, p) in self.spec.ports.iter_mut().enumerate() {
-                let (port, requested) = match p.node_port.filter(|&n| n != 0) {
-                    Some(n) => (n, !held.contains(&n)),
-                    None => {
-                        let pick = first_free(range.size(), (seed >> 20).wrapping_add(i as u64 * 7919) % range.size(), |j| {
-                            let port = range.low as i64 + j as i64;
-                            mine.contains(&port) || taken.contains(&format!("{NODE_PORTS}{port}"))
-                        })
-                        .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a nodePort: range {range} is full")))?;
-                        (range.low as i64 + pick as i64, false)
-                    }
-                };
-                mine.insert(port);
-                p.node_port = Some(port);
-                // TCP and UDP on one port of the same service share one claim.
-                if !claims.iter().any(|c: &Claim| c.key == format!("{NODE_PORTS}{port}")) {
-                    claims.push(Claim {
-                        key: format!("{NODE_PORTS}{port}"),
-                        field: format!("spec.ports[{i}].nodePort"),
-                        value: port.to_string(),
-                        requested,
-                    });
-                }
-            }
-        } else {
-            for p in &mut self.spec.ports {
-                p.node_port = None;
-            }
-        }
+        self.claim_cluster_ip(old, cfg, taken, seed, &mut claims)?;
+        self.claim_node_ports(old, cfg, taken, seed, &mut claims)?;
         Ok(claims)
     }
 }
+
+trait ServiceClaims {
+    fn claim_cluster_ip(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind>;
+    fn claim_node_ports(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind>;
+}
+
+impl ServiceClaims for Service {
+    /// A ClusterIP: the one asked for, or one chosen at random from the range's free ones.
+    fn claim_cluster_ip(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind> {
+        let owner_ips: HashSet<String> = old.and_then(|o| o.cluster_ip()).map(String::from).into_iter().collect();
+        let wants = self.wants_cluster_ip();
+        let external = self.type_() == "ExternalName";
+        let spec = self.spec.get_or_insert_with(Default::default);
+        if !wants {
+            spec.cluster_ips = if external { None } else { Some(vec!["None".into()]) };
+            if external {
+                spec.cluster_ip = None;
+            }
+            return Ok(());
+        }
+        let (ip, requested) = match spec.cluster_ip.as_deref() {
+            Some(ip) if !ip.is_empty() => (ip.to_string(), !owner_ips.contains(ip)),
+            _ => {
+                let range = cfg.service_cluster_ip_range;
+                let usable = range.usable();
+                let n = usable.end - usable.start;
+                let pick = first_free(n, seed % n, |i| taken.contains(&format!("{SERVICE_IPS}{}", range.nth(usable.start + i).unwrap())))
+                    .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a serviceIP: range {range} is full")))?;
+                (range.nth(usable.start + pick).unwrap().to_string(), false)
+            }
+        };
+        spec.cluster_ip = Some(ip.clone());
+        spec.cluster_ips = Some(vec![ip.clone()]);
+        out.push(Claim { key: format!("{SERVICE_IPS}{ip}"), field: "spec.clusterIP".into(), value: ip, requested });
+        Ok(())
+    }
+
+    /// A nodePort for every port of a NodePort or LoadBalancer service.
+    fn claim_node_ports(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind> {
+        let wants = self.wants_node_ports();
+        let ports = self.spec.get_or_insert_with(Default::default).ports.get_or_insert_with(Vec::new);
+        if !wants {
+            ports.iter_mut().for_each(|p| p.node_port = None);
+            return Ok(());
+        }
+        let held: HashSet<i32> = old.into_iter().flat_map(|o| o.ports().iter().filter_map(|p| p.node_port)).collect();
+        let mut mine: HashSet<i32> = ports.iter().filter_map(|p| p.node_port).filter(|&p| p != 0).collect();
+        let range = cfg.service_node_port_range;
+        for (i, p) in ports.iter_mut().enumerate() {
+            let (port, requested) = match p.node_port.filter(|&n| n != 0) {
+                Some(n) => (n, !held.contains(&n)),
+                None => {
+                    let pick = first_free(range.size(), (seed >> 20).wrapping_add(i as u64 * 7919) % range.size(), |j| {
+                        let port = range.low as i32 + j as i32;
+                        mine.contains(&port) || taken.contains(&format!("{NODE_PORTS}{port}"))
+                    })
+                    .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a nodePort: range {range} is full")))?;
+                    (range.low as i32 + pick as i32, false)
+                }
+            };
+            mine.insert(port);
+            p.node_port = Some(port);
+            // TCP and UDP on one port of the same service share one claim.
+            let key = format!("{NODE_PORTS}{port}");
+            if !out.iter().any(|c| c.key == key) {
+                out.push(Claim { key, field: format!("spec.ports[{i}].nodePort"), value: port.to_string(), requested });
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- the other core kinds
 
 impl Strategy for Endpoints {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
@@ -278,17 +388,12 @@ impl Strategy for Namespace {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_namespace(self)
     }
+    const HAS_STATUS: bool = true;
     fn prepare_create(&mut self) {
-        self.status = Some(serde_json::json!({"phase": "Active"}));
-    }
-    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        self.status = old.status.clone();
-        vec![]
-    }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = self.status.take();
-        *self = Self { status, ..old.clone() };
-        true
+        self.status = Some(NamespaceStatus { phase: Some("Active".into()), ..Default::default() });
+        self.spec = Some(NamespaceSpec { finalizers: Some(vec!["kubernetes".into()]) });
+        let name = self.name().to_string();
+        self.meta_mut().labels.get_or_insert_with(Default::default).insert("kubernetes.io/metadata.name".into(), name);
     }
 }
 
@@ -296,12 +401,15 @@ impl Strategy for Node {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_node(self)
     }
+    const HAS_STATUS: bool = true;
     fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        self.status = old.status.clone();
-        match (&self.spec.pod_cidr, &old.spec.pod_cidr) {
+        copy_field(self, old, "status");
+        let spec = self.spec.get_or_insert_with(Default::default);
+        match (spec.pod_cidr.as_deref(), old.pod_cidr()) {
             (None, Some(_)) => {
-                self.spec.pod_cidr = old.spec.pod_cidr.clone();
-                self.spec.pod_cidrs = old.spec.pod_cidrs.clone();
+                let o = old.spec.clone().unwrap_or_default();
+                spec.pod_cidr = o.pod_cidr;
+                spec.pod_cidrs = o.pod_cidrs;
                 vec![]
             }
             (Some(new), Some(o)) if new != o => {
@@ -310,19 +418,14 @@ impl Strategy for Node {
             _ => vec![],
         }
     }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = std::mem::take(&mut self.status);
-        *self = Self { status, ..old.clone() };
-        true
-    }
     const PRELOAD: &'static [&'static str] = &[POD_CIDRS];
     const ALLOCATORS: &'static [&'static str] = &[POD_CIDRS];
     /// A node gets the first /24 (by default) of the cluster CIDR that no other node has,
     /// in the same transaction that creates it: the node IPAM controller, made atomic.
     fn claims(&mut self, old: Option<&Self>, cfg: &Config, taken: &HashSet<String>, _seed: u64) -> Result<Vec<Claim>, ApiErrorKind> {
         let key = |c: &str| format!("{POD_CIDRS}{}", c.replace('/', "-"));
-        let (cidr, requested) = match &self.spec.pod_cidr {
-            Some(c) => (c.clone(), old.and_then(|o| o.spec.pod_cidr.as_ref()) != Some(c)),
+        let (cidr, requested) = match self.pod_cidr() {
+            Some(c) => (c.to_string(), old.and_then(|o| o.pod_cidr()) != Some(c)),
             None => {
                 let n = cfg.cluster_cidr.subnet_count(cfg.node_cidr_mask_size);
                 let i =
@@ -331,14 +434,15 @@ impl Strategy for Node {
                 (cfg.cluster_cidr.subnet(cfg.node_cidr_mask_size, i).unwrap().to_string(), false)
             }
         };
-        self.spec.pod_cidr = Some(cidr.clone());
-        self.spec.pod_cidrs = Some(vec![cidr.clone()]);
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.pod_cidr = Some(cidr.clone());
+        spec.pod_cidrs = Some(vec![cidr.clone()]);
         Ok(vec![Claim { key: key(&cidr), field: "spec.podCIDR".into(), value: cidr, requested }])
     }
     const FIELDS: &'static [&'static str] = &["metadata.name", "spec.unschedulable"];
     fn field(&self, path: &str) -> String {
         match path {
-            "spec.unschedulable" => self.spec.unschedulable.unwrap_or(false).to_string(),
+            "spec.unschedulable" => self.unschedulable().to_string(),
             p => default_field(self, p),
         }
     }
@@ -371,11 +475,10 @@ impl Strategy for Secret {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_secret(self)
     }
-    /// `stringData` is folded into `data` (base64) and never stored; `type` defaults to Opaque.
+    /// `stringData` is folded into `data` and never stored; `type` defaults to Opaque.
     fn prepare_create(&mut self) {
-        use base64::Engine;
-        for (k, v) in std::mem::take(&mut self.string_data) {
-            self.data.insert(k, base64::engine::general_purpose::STANDARD.encode(v));
+        for (k, v) in self.string_data.take().into_iter().flatten() {
+            self.data.get_or_insert_with(Default::default).insert(k, ByteString(v.into_bytes()));
         }
         if self.type_.as_deref().unwrap_or("").is_empty() {
             self.type_ = Some("Opaque".into());
@@ -421,19 +524,19 @@ impl Strategy for Event {
     ];
     fn field(&self, path: &str) -> String {
         let io = &self.involved_object;
-        let extra = |k: &str| self.extra.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
         match path {
-            "involvedObject.kind" => io.kind.clone(),
-            "involvedObject.namespace" => io.namespace.clone().unwrap_or_default(),
-            "involvedObject.name" => io.name.clone(),
-            "involvedObject.uid" => io.uid.clone().unwrap_or_default(),
-            "involvedObject.apiVersion" => io.api_version.clone().unwrap_or_default(),
-            "involvedObject.resourceVersion" => io.resource_version.clone().unwrap_or_default(),
-            "involvedObject.fieldPath" => io.field_path.clone().unwrap_or_default(),
-            "reason" => self.reason.clone().unwrap_or_default(),
-            "reportingComponent" => extra("reportingComponent"),
-            "source" => self.source.as_ref().and_then(|s| s.component.clone()).unwrap_or_default(),
-            "type" => self.type_.clone().unwrap_or_default(),
+            "involvedObject.kind" => s(&io.kind),
+            "involvedObject.namespace" => s(&io.namespace),
+            "involvedObject.name" => s(&io.name),
+            "involvedObject.uid" => s(&io.uid),
+            "involvedObject.apiVersion" => s(&io.api_version),
+            "involvedObject.resourceVersion" => s(&io.resource_version),
+            "involvedObject.fieldPath" => s(&io.field_path),
+            "reason" => s(&self.reason),
+            "reportingComponent" => s(&self.reporting_component),
+            "source" => self.source.as_ref().map(|src| s(&src.component)).unwrap_or_default(),
+            "type" => s(&self.type_),
             p => default_field(self, p),
         }
     }
@@ -445,14 +548,15 @@ impl Strategy for Lease {
     }
 }
 
-/// `metadata.generation`: 1 on create, one more each time the spec changes, so a
-/// controller can say which spec its status describes (`status.observedGeneration`).
-fn generation(meta: &ObjectMeta) -> i64 {
-    meta.extra.get("generation").and_then(serde_json::Value::as_i64).unwrap_or(0)
-}
+// ---------------------------------------------------------------- apps/v1
 
-fn set_generation(meta: &mut ObjectMeta, g: i64) {
-    meta.extra.insert("generation".into(), serde_json::json!(g));
+/// The defaults kube-apiserver gives a pod template (pkg/apis/core/v1/defaults.go).
+fn default_template(t: &mut PodTemplateSpec) {
+    let mut pod = Pod { spec: t.spec.take(), ..Default::default() };
+    let status = pod.status.take();
+    pod.prepare_create();
+    pod.status = status;
+    t.spec = pod.spec;
 }
 
 /// The defaults kube-apiserver gives a Deployment (pkg/apis/apps/v1/defaults.go).
@@ -460,73 +564,71 @@ fn default_deployment(spec: &mut DeploymentSpec) {
     spec.replicas.get_or_insert(1);
     spec.revision_history_limit.get_or_insert(10);
     spec.progress_deadline_seconds.get_or_insert(600);
-    let strategy = spec.strategy.get_or_insert_with(|| serde_json::json!({}));
-    if strategy.get("type").is_none() {
-        strategy["type"] = serde_json::json!("RollingUpdate");
+    let strategy = spec.strategy.get_or_insert_with(Default::default);
+    let ty = strategy.type_.get_or_insert_with(|| "RollingUpdate".into()).clone();
+    if ty == "RollingUpdate" {
+        let ru = strategy.rolling_update.get_or_insert_with(Default::default);
+        ru.max_surge.get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
     }
-    if strategy["type"] == "RollingUpdate" && strategy.get("rollingUpdate").is_none() {
-        strategy["rollingUpdate"] = serde_json::json!({"maxSurge": "25%", "maxUnavailable": "25%"});
-    }
-    spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
-}
-
-impl Strategy for Deployment {
-    fn validate(&self, _: &Config) -> Vec<StatusCause> {
-        let mut c = validation::validate_workload(&self.metadata, self.spec.replicas, self.spec.selector.as_ref(), &self.spec.template);
-        if let Some(t) = self.spec.strategy.as_ref().and_then(|s| s["type"].as_str()).filter(|t| !["RollingUpdate", "Recreate"].contains(t))
-        {
-            c.push(StatusCause::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
-        }
-        c
-    }
-    fn prepare_create(&mut self) {
-        self.status = Some(serde_json::json!({}));
-        default_deployment(&mut self.spec);
-        set_generation(&mut self.metadata, 1);
-    }
-    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        default_deployment(&mut self.spec);
-        self.status = old.status.clone();
-        let g = generation(&old.metadata) + i64::from(self.spec != old.spec);
-        set_generation(&mut self.metadata, g);
-        selector_kept(self.spec.selector.as_ref(), old.spec.selector.as_ref())
-    }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = self.status.take();
-        *self = Self { status, ..old.clone() };
-        true
-    }
+    default_template(&mut spec.template);
 }
 
 /// apps/v1 selectors are immutable: a changed selector would orphan every pod.
-fn selector_kept(new: Option<&LabelSelectorSpec>, old: Option<&LabelSelectorSpec>) -> Vec<StatusCause> {
+fn selector_kept(new: &LabelSelector, old: &LabelSelector) -> Vec<StatusCause> {
     if new != old {
         return vec![StatusCause::invalid("spec.selector", "{...}", "field is immutable")];
     }
     vec![]
 }
 
-impl Strategy for ReplicaSet {
+impl Strategy for Deployment {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
-        validation::validate_workload(&self.metadata, self.spec.replicas, self.spec.selector.as_ref(), &self.spec.template)
+        let Some(spec) = &self.spec else { return vec![StatusCause::required("spec")] };
+        let mut c = validation::validate_workload(&self.metadata, spec.replicas, &spec.selector, Some(&spec.template));
+        if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()).filter(|t| !["RollingUpdate", "Recreate"].contains(t)) {
+            c.push(StatusCause::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+        }
+        c
     }
+    const HAS_STATUS: bool = true;
     fn prepare_create(&mut self) {
-        self.status = Some(serde_json::json!({"replicas": 0}));
-        self.spec.replicas.get_or_insert(1);
-        self.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
-        set_generation(&mut self.metadata, 1);
+        self.status = Some(DeploymentStatus::default());
+        default_deployment(self.spec.get_or_insert_with(Default::default));
+        next_generation(self, None, true);
     }
     fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
-        self.spec.replicas.get_or_insert(1);
-        self.spec.template.spec.restart_policy.get_or_insert_with(|| "Always".into());
-        self.status = old.status.clone();
-        let g = generation(&old.metadata) + i64::from(self.spec != old.spec);
-        set_generation(&mut self.metadata, g);
-        selector_kept(self.spec.selector.as_ref(), old.spec.selector.as_ref())
+        copy_field(self, old, "status");
+        default_deployment(self.spec.get_or_insert_with(Default::default));
+        let changed = self.spec != old.spec;
+        next_generation(self, Some(old), changed);
+        let sel = |d: &Self| d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        selector_kept(&sel(self), &sel(old))
     }
-    fn prepare_status_update(&mut self, old: &Self) -> bool {
-        let status = self.status.take();
-        *self = Self { status, ..old.clone() };
-        true
+}
+
+fn default_replicaset(spec: &mut ReplicaSetSpec) {
+    spec.replicas.get_or_insert(1);
+    default_template(spec.template.get_or_insert_with(Default::default));
+}
+
+impl Strategy for ReplicaSet {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        let Some(spec) = &self.spec else { return vec![StatusCause::required("spec")] };
+        validation::validate_workload(&self.metadata, spec.replicas, &spec.selector, spec.template.as_ref())
+    }
+    const HAS_STATUS: bool = true;
+    fn prepare_create(&mut self) {
+        self.status = Some(ReplicaSetStatus::default());
+        default_replicaset(self.spec.get_or_insert_with(Default::default));
+        next_generation(self, None, true);
+    }
+    fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
+        copy_field(self, old, "status");
+        default_replicaset(self.spec.get_or_insert_with(Default::default));
+        let changed = self.spec != old.spec;
+        next_generation(self, Some(old), changed);
+        let sel = |r: &Self| r.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        selector_kept(&sel(self), &sel(old))
     }
 }

@@ -100,7 +100,7 @@ fn group_version(group: &str, version: &str) -> Result<axum::Json<Value>, ApiErr
 async fn health(State(api): State<Api>) -> Response {
     match api.store.list_raw("/registry/namespaces/default", true).await {
         Ok(_) => "ok".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd failed: {}", e.0.message)).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("etcd failed: {}", e.message())).into_response(),
     }
 }
 
@@ -177,26 +177,23 @@ fn self_subject_access_review(h: &HeaderMap, body: &[u8]) -> Result<Response, Ap
 /// from the kubelet.
 async fn pod_log(api: &Api, ns: &str, name: &str, p: &Params) -> Result<Response, ApiError> {
     let pod: Pod = api.get(Some(ns), name).await?;
+    let containers = pod.containers();
     let container = match p.get("container") {
         Some(c) => c.clone(),
-        None if pod.spec.containers.len() == 1 => pod.spec.containers[0].name.clone(),
+        None if containers.len() == 1 => containers[0].name.clone(),
         None => {
-            let names: Vec<&str> = pod.spec.containers.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
             return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: {names:?}")));
         }
     };
-    if !pod.spec.containers.iter().any(|c| c.name == container) {
+    if !containers.iter().any(|c| c.name == container) {
         return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
     }
-    let node_name = pod
-        .spec
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::bad_request(format!("pod {name} is not scheduled yet")))?;
+    let node_name = pod.node_name().ok_or_else(|| ApiError::bad_request(format!("pod {name} is not scheduled yet")))?.to_string();
     let node: Node = api.get(None, &node_name).await?;
     let ip = node.internal_ip().ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no InternalIP")))?;
-    let port = node.status.extra.get("daemonEndpoints").and_then(|d| d["kubeletEndpoint"]["Port"].as_u64()).unwrap_or(10250);
+    let port =
+        node.status.as_ref().and_then(|s| s.daemon_endpoints.as_ref()).and_then(|d| d.kubelet_endpoint.as_ref()).map_or(10250, |e| e.port);
     let url = format!("http://{ip}:{port}/containerLogs/{ns}/{name}/{container}");
     let resp = reqwest::Client::new()
         .get(&url)

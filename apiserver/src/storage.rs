@@ -293,7 +293,6 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 pub fn decode<T: Object>(value: &[u8], revision: i64) -> Result<T, ApiError> {
     let mut obj: T = serde_json::from_slice(value).map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", T::KIND)))?;
     obj.meta_mut().resource_version = Some(revision.to_string());
-    obj.set_type_meta();
     Ok(obj)
 }
 
@@ -301,7 +300,6 @@ pub fn decode<T: Object>(value: &[u8], revision: i64) -> Result<T, ApiError> {
 pub fn encode<T: Object>(obj: &T) -> Vec<u8> {
     let mut o = obj.clone();
     o.meta_mut().resource_version = None;
-    o.set_type_meta();
     serde_json::to_vec(&o).expect("API objects always serialize")
 }
 

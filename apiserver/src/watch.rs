@@ -51,7 +51,7 @@ fn bookmark<T: Strategy>(rev: i64, initial_done: bool) -> Bytes {
 }
 
 pub fn matches<T: Strategy>(o: &T, l: &LabelSelector, f: &FieldSelector) -> bool {
-    l.matches(&o.meta().labels) && f.matches(|path| o.field(path))
+    l.matches(o.labels()) && f.matches(|path| o.field(path))
 }
 
 /// Turn one etcd change into the watch event this client should see, if any. With a

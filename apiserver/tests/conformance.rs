@@ -239,3 +239,43 @@ async fn auth_can_i_is_allowed_and_watch_has_bookmarks_on_request() {
     assert_eq!(c.get(&format!("{CMS}?watch=true&sendInitialEvents=true")).await.0, 400);
     assert_eq!(c.get(&format!("{CMS}?watch=true&timeoutSeconds=abc")).await.0, 400);
 }
+
+/// Fields the kind does not have: dropped with a `Warning:` header by default
+/// (`fieldValidation=Warn`), refused under `Strict`, dropped silently under `Ignore`; never stored.
+#[tokio::test]
+async fn unknown_fields_warn_by_default_and_fail_strict() {
+    let c = Cluster::start().await;
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typo", "colour": "blue"},
+                      "data": {"a": "b"}, "dataa": {"c": "d"}});
+    let post = |q: &'static str| {
+        let body = body.clone();
+        let c = &c;
+        async move { c.http.post(c.url(&format!("{CMS}{q}"))).json(&body).send().await.unwrap() }
+    };
+    let r = post("?fieldValidation=Strict").await;
+    assert_eq!(r.status().as_u16(), 400);
+    let s: Value = r.json().await.unwrap();
+    assert_eq!(s["reason"], "BadRequest");
+    let msg = s["message"].as_str().unwrap();
+    assert!(msg.contains(r#"strict decoding error: unknown field "dataa", unknown field "metadata.colour""#), "{msg}");
+    assert_eq!(c.get(&format!("{CMS}/typo")).await.0, 404, "a refused object is not stored");
+
+    let r = post("").await;
+    assert_eq!(r.status().as_u16(), 201);
+    let warnings: Vec<&str> = r.headers().get_all("warning").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(warnings, [r#"299 - "unknown field \"dataa\"""#, r#"299 - "unknown field \"metadata.colour\"""#]);
+    let (_, stored) = c.get(&format!("{CMS}/typo")).await;
+    assert!(stored.get("dataa").is_none() && stored["metadata"].get("colour").is_none(), "{stored}");
+    assert_eq!(stored["data"]["a"], "b");
+
+    c.delete(&format!("{CMS}/typo")).await;
+    let r = post("?fieldValidation=Ignore").await;
+    assert_eq!((r.status().as_u16(), r.headers().get("warning").is_none()), (201, true));
+    let r = post("?fieldValidation=Loose").await;
+    assert_eq!(r.status().as_u16(), 400);
+    // PUT and PATCH are checked the same way.
+    let patch = r#"{"data": {"x": "y"}, "spec": {"nope": 1}}"#;
+    let (code, s) = send(&c, "PATCH", &format!("{CMS}/typo?fieldValidation=Strict"), "application/merge-patch+json", patch).await;
+    assert_eq!(code, 400, "{s}");
+    assert!(s["message"].as_str().unwrap().contains(r#"unknown field "spec""#), "{s}");
+}

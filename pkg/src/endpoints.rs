@@ -8,20 +8,21 @@ use std::collections::BTreeMap;
 /// Resolve a service port's `targetPort` against one pod: a number is used as it is, a
 /// name is looked up among the pod's container ports (same protocol). `None`: the pod
 /// does not offer that named port, so it is left out for that port.
-pub fn resolve_target_port(sp: &ServicePort, pod: &Pod) -> Option<i64> {
+pub fn resolve_target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
     match &sp.target_port {
-        None => Some(sp.port),
-        Some(IntOrString::Int(0)) => Some(sp.port),
+        None | Some(IntOrString::Int(0)) => Some(sp.port),
         Some(IntOrString::Int(n)) => Some(*n),
-        Some(IntOrString::Str(name)) => pod
-            .spec
-            .containers
+        Some(IntOrString::String(name)) => pod
+            .containers()
             .iter()
-            .flat_map(|c| &c.ports)
-            .find(|p| p.name.as_deref() == Some(name) && p.protocol.as_deref().unwrap_or("TCP") == sp.protocol())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name) && protocol(&p.protocol) == protocol(&sp.protocol))
             .map(|p| p.container_port),
     }
 }
+
+/// An endpoint port: its name, number and protocol.
+type PortKey = (Option<String>, i32, String);
 
 /// The subsets of the Endpoints object for `svc`, given the pods of its namespace.
 ///
@@ -29,27 +30,21 @@ pub fn resolve_target_port(sp: &ServicePort, pod: &Pod) -> Option<i64> {
 /// are not ready into `notReadyAddresses`; pods being deleted are left out. Pods whose
 /// resolved ports are the same share a subset, as in Kubernetes.
 pub fn compute_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<EndpointSubset> {
-    let Some(sel) = &svc.spec.selector else { return vec![] };
-    if sel.is_empty() {
-        return vec![];
-    }
+    let Some(sel) = svc.selector() else { return vec![] };
     let selector = LabelSelector::from_map(sel);
-    let mut by_ports: BTreeMap<Vec<EndpointPort>, EndpointSubset> = BTreeMap::new();
+    // Subsets keyed by their ports, each with its ready and not-ready addresses.
+    let mut by_ports: BTreeMap<Vec<PortKey>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
     for pod in pods {
-        let Some(ip) = pod.status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) else { continue };
-        if !selector.matches(&pod.metadata.labels) || pod.metadata.deletion_timestamp.is_some() || pod.is_terminal() {
+        let Some(ip) = pod.pod_ip() else { continue };
+        if !selector.matches(pod.labels()) || pod.is_deleting() || pod.is_terminal() {
             continue;
         }
-        let ports: Vec<EndpointPort> = svc
-            .spec
-            .ports
+        let ports: Vec<PortKey> = svc
+            .ports()
             .iter()
             .filter_map(|sp| {
-                resolve_target_port(sp, pod).map(|port| EndpointPort {
-                    name: sp.name.clone().filter(|n| !n.is_empty()),
-                    port,
-                    protocol: Some(sp.protocol().to_string()),
-                })
+                let port = resolve_target_port(sp, pod)?;
+                Some((sp.name.clone().filter(|n| !n.is_empty()), port, protocol(&sp.protocol).to_string()))
             })
             .collect();
         if ports.is_empty() {
@@ -57,28 +52,41 @@ pub fn compute_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod
         }
         let addr = EndpointAddress {
             ip: ip.to_string(),
-            node_name: pod.spec.node_name.clone(),
+            node_name: pod.node_name().map(String::from),
             target_ref: Some(ObjectReference {
-                kind: "Pod".into(),
+                kind: Some("Pod".into()),
                 namespace: pod.metadata.namespace.clone(),
                 name: pod.metadata.name.clone(),
                 uid: pod.metadata.uid.clone(),
                 ..Default::default()
             }),
+            ..Default::default()
         };
-        let subset = by_ports.entry(ports.clone()).or_insert_with(|| EndpointSubset { ports, ..Default::default() });
+        let (ready, not_ready) = by_ports.entry(ports).or_default();
         if pod.is_ready() {
-            subset.addresses.push(addr);
+            ready.push(addr);
         } else {
-            subset.not_ready_addresses.push(addr);
+            not_ready.push(addr);
         }
     }
-    let mut out: Vec<EndpointSubset> = by_ports.into_values().collect();
-    for s in &mut out {
-        s.addresses.sort_by(|a, b| a.ip.cmp(&b.ip));
-        s.not_ready_addresses.sort_by(|a, b| a.ip.cmp(&b.ip));
-    }
-    out
+    let by_ip = |a: &EndpointAddress, b: &EndpointAddress| a.ip.cmp(&b.ip);
+    by_ports
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by(by_ip);
+            not_ready.sort_by(by_ip);
+            EndpointSubset {
+                addresses: Some(ready).filter(|a| !a.is_empty()),
+                not_ready_addresses: Some(not_ready).filter(|a| !a.is_empty()),
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort { name, port, protocol: Some(protocol), ..Default::default() })
+                        .collect(),
+                ),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -111,11 +119,12 @@ mod tests {
         ];
         let subsets = compute_subsets(&svc, &pods);
         assert_eq!(subsets.len(), 2);
-        assert_eq!(subsets[0].ports[0].port, 8080);
-        assert_eq!(subsets[0].addresses.iter().map(|a| a.ip.as_str()).collect::<Vec<_>>(), ["10.244.0.2"]);
-        assert_eq!(subsets[0].not_ready_addresses[0].ip, "10.244.0.4");
-        assert_eq!(subsets[1].ports[0].port, 9090);
-        assert_eq!(subsets[1].addresses[0].target_ref.as_ref().unwrap().name, "d");
+        let (s0, s1) = (&subsets[0], &subsets[1]);
+        assert_eq!(s0.ports.as_ref().unwrap()[0].port, 8080);
+        assert_eq!(s0.addresses.iter().flatten().map(|a| a.ip.as_str()).collect::<Vec<_>>(), ["10.244.0.2"]);
+        assert_eq!(s0.not_ready_addresses.as_ref().unwrap()[0].ip, "10.244.0.4");
+        assert_eq!(s1.ports.as_ref().unwrap()[0].port, 9090);
+        assert_eq!(s1.addresses.as_ref().unwrap()[0].target_ref.as_ref().unwrap().name.as_deref(), Some("d"));
     }
 
     #[test]
@@ -125,6 +134,6 @@ mod tests {
         }))
         .unwrap();
         let subsets = compute_subsets(&svc, &[pod("a", "10.244.0.2", true, json!({"app": "web"}), json!([]))]);
-        assert_eq!(subsets[0].ports[0].port, 80);
+        assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, 80);
     }
 }

@@ -20,7 +20,7 @@
 //! sync, KEP-3453): on nf_tables, reloading 68k rules takes seconds, one service's chains
 //! milliseconds.
 
-use crate::api::{Endpoints, IntOrString, Service};
+use crate::api::{protocol as proto_of, Endpoints, IntOrString, Object, Service, ServiceExt};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -74,36 +74,37 @@ pub fn service_ports<'a>(
 ) -> BTreeMap<(String, String), ServicePort> {
     let mut out = BTreeMap::new();
     for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let key = format!("{ns}/{}", svc.metadata.name);
-        let cluster_ip = svc.spec.cluster_ip.clone().filter(|ip| !ip.is_empty() && ip != "None");
-        if cluster_ip.is_none() || svc.spec.type_() == "ExternalName" {
+        let ns = svc.namespace().unwrap_or("default");
+        let key = format!("{ns}/{}", svc.name());
+        let cluster_ip = svc.cluster_ip().filter(|ip| *ip != "None").map(String::from);
+        if cluster_ip.is_none() || svc.type_() == "ExternalName" {
             continue; // headless and ExternalName services have no virtual IP to proxy
         }
         let eps = endpoints.get(&key);
-        for sp in &svc.spec.ports {
+        for sp in svc.ports() {
             let port_name = sp.name.clone().filter(|n| !n.is_empty());
-            let protocol = sp.protocol().to_lowercase();
+            let protocol = proto_of(&sp.protocol).to_lowercase();
             let mut list: Vec<(String, u16)> = eps
                 .into_iter()
-                .flat_map(|e| &e.subsets)
+                .flat_map(|e| e.subsets.iter().flatten())
                 .flat_map(|s| {
+                    let ports = s.ports.as_deref().unwrap_or(&[]);
                     // The endpoint port with the service port's name (unnamed: the only one).
-                    let p = s.ports.iter().find(|p| {
+                    let p = ports.iter().find(|p| {
                         p.name.as_deref().filter(|n| !n.is_empty()) == port_name.as_deref()
-                            && p.protocol.as_deref().unwrap_or("TCP").eq_ignore_ascii_case(&protocol)
+                            && proto_of(&p.protocol).eq_ignore_ascii_case(&protocol)
                     });
-                    let port = p.map(|p| p.port).or(match (&sp.target_port, s.ports.len()) {
+                    let port = p.map(|p| p.port).or(match (&sp.target_port, ports.len()) {
                         (Some(IntOrString::Int(n)), 0) => Some(*n),
                         _ => None,
                     });
-                    s.addresses.iter().filter_map(move |a| Some((a.ip.clone(), u16::try_from(port?).ok()?)))
+                    s.addresses.iter().flatten().filter_map(move |a| Some((a.ip.clone(), u16::try_from(port?).ok()?)))
                 })
                 .collect();
             list.sort();
             list.dedup();
             let name = format!("{key}:{}", port_name.clone().unwrap_or_else(|| sp.port.to_string()));
-            let node_port = sp.node_port.and_then(|n| u16::try_from(n).ok()).filter(|_| svc.spec.wants_node_ports());
+            let node_port = sp.node_port.and_then(|n| u16::try_from(n).ok()).filter(|_| svc.wants_node_ports());
             out.insert(
                 (name.clone(), protocol.clone()),
                 ServicePort { name, protocol, cluster_ip: cluster_ip.clone(), port: sp.port as u16, node_port, endpoints: list },

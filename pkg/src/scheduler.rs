@@ -2,7 +2,7 @@
 //! rules): filter out nodes that are not Ready, are cordoned, or do not carry every label
 //! of the pod's `nodeSelector`; among the rest pick the one running the fewest pods.
 
-use crate::api::{Node, Pod};
+use crate::api::{Node, NodeExt, Object, Pod};
 use std::collections::HashMap;
 
 /// The chosen node's name, or the message of the `PodScheduled=False` condition.
@@ -10,18 +10,19 @@ pub fn pick_node<'a>(pod: &Pod, nodes: &'a [Node], pods_per_node: &HashMap<Strin
     let (mut not_ready, mut unmatched) = (0, 0);
     let mut best: Option<(&str, usize)> = None;
     for node in nodes {
-        if !node.is_ready() || node.spec.unschedulable == Some(true) {
+        if !node.is_ready() || node.unschedulable() {
             not_ready += 1;
             continue;
         }
-        if !pod.spec.node_selector.iter().all(|(k, v)| node.metadata.labels.get(k) == Some(v)) {
+        let wanted = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+        if !wanted.into_iter().flatten().all(|(k, v)| node.labels().get(k) == Some(v)) {
             unmatched += 1;
             continue;
         }
-        let load = pods_per_node.get(&node.metadata.name).copied().unwrap_or(0);
+        let load = pods_per_node.get(node.name()).copied().unwrap_or(0);
         // Ties go to the first name in order, so placement is deterministic.
-        if best.is_none_or(|(n, l)| load < l || (load == l && node.metadata.name.as_str() < n)) {
-            best = Some((&node.metadata.name, load));
+        if best.is_none_or(|(n, l)| load < l || (load == l && node.name() < n)) {
+            best = Some((node.name(), load));
         }
     }
     if let Some((name, _)) = best {

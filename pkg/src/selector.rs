@@ -112,21 +112,21 @@ impl LabelSelector {
 
     /// The selector a workload's `spec.selector` (`matchLabels` and `matchExpressions`)
     /// stands for. An expression with an unknown operator or a missing value is an error.
-    pub fn from_spec(spec: &crate::api::LabelSelectorSpec) -> Result<Self, ParseError> {
-        let mut sel = Self::from_map(&spec.match_labels);
-        for (i, e) in spec.match_expressions.iter().enumerate() {
-            let key =
-                e["key"].as_str().filter(|k| valid_key(k)).ok_or_else(|| ParseError(format!("matchExpressions[{i}].key: invalid key")))?;
-            let values: Vec<String> =
-                e["values"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
-            let op = match (e["operator"].as_str(), values.is_empty()) {
-                (Some("In"), false) => Op::In(values),
-                (Some("NotIn"), false) => Op::NotIn(values),
-                (Some("Exists"), true) => Op::Exists,
-                (Some("DoesNotExist"), true) => Op::DoesNotExist,
+    pub fn from_spec(spec: &crate::api::LabelSelector) -> Result<Self, ParseError> {
+        let mut sel = spec.match_labels.as_ref().map(Self::from_map).unwrap_or_default();
+        for (i, e) in spec.match_expressions.iter().flatten().enumerate() {
+            if !valid_key(&e.key) {
+                return Err(ParseError(format!("matchExpressions[{i}].key: invalid key")));
+            }
+            let values = e.values.clone().unwrap_or_default();
+            let op = match (e.operator.as_str(), values.is_empty()) {
+                ("In", false) => Op::In(values),
+                ("NotIn", false) => Op::NotIn(values),
+                ("Exists", true) => Op::Exists,
+                ("DoesNotExist", true) => Op::DoesNotExist,
                 (op, _) => return Err(ParseError(format!("matchExpressions[{i}]: operator {op:?} with {} values", values.len()))),
             };
-            sel.0.push(Requirement { key: key.to_string(), op });
+            sel.0.push(Requirement { key: e.key.clone(), op });
         }
         Ok(sel)
     }

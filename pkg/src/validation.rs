@@ -4,6 +4,7 @@
 
 use crate::alloc::{Cidr, PortRange};
 use crate::api::*;
+use crate::api::{CauseExt, NodeExt, ServiceExt};
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -62,19 +63,22 @@ pub enum NameRule {
 }
 
 pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusCause>) {
-    if meta.name.is_empty() {
+    let name = meta.name.as_deref().unwrap_or("");
+    if name.is_empty() {
         causes.push(StatusCause::required("metadata.name"));
     } else {
         let (ok, what) = match rule {
-            NameRule::Label => (is_dns1123_label(&meta.name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
-            NameRule::Subdomain => (is_dns1123_subdomain(&meta.name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-            NameRule::Dns1035 => (is_dns1035_label(&meta.name), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+            NameRule::Label => (is_dns1123_label(name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
+            NameRule::Subdomain => (is_dns1123_subdomain(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+            NameRule::Dns1035 => (is_dns1035_label(name), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
         };
         if !ok {
-            causes.push(StatusCause::invalid("metadata.name", format!("\"{}\"", meta.name), what));
+            causes.push(StatusCause::invalid("metadata.name", format!("\"{name}\""), what));
         }
     }
-    labels_valid(&meta.labels, "metadata.labels", causes);
+    if let Some(labels) = &meta.labels {
+        labels_valid(labels, "metadata.labels", causes);
+    }
 }
 
 fn labels_valid(labels: &BTreeMap<String, String>, field: &str, causes: &mut Vec<StatusCause>) {
@@ -96,7 +100,7 @@ fn labels_valid(labels: &BTreeMap<String, String>, field: &str, causes: &mut Vec
     }
 }
 
-fn port_valid(p: i64, field: String, causes: &mut Vec<StatusCause>) {
+fn port_valid(p: i32, field: String, causes: &mut Vec<StatusCause>) {
     if !(1..=65535).contains(&p) {
         causes.push(StatusCause::invalid(field, p, "must be between 1 and 65535, inclusive"));
     }
@@ -112,62 +116,78 @@ fn protocol_valid(p: &Option<String>, field: String, causes: &mut Vec<StatusCaus
     }
 }
 
+fn container_valid(ctr: &Container, f: &str, names: &mut HashSet<String>, c: &mut Vec<StatusCause>) {
+    if ctr.name.is_empty() {
+        c.push(StatusCause::required(format!("{f}.name")));
+    } else if !is_dns1123_label(&ctr.name) {
+        c.push(StatusCause::invalid(format!("{f}.name"), format!("\"{}\"", ctr.name), "must be a DNS-1123 label"));
+    } else if !names.insert(ctr.name.clone()) {
+        c.push(StatusCause::duplicate(format!("{f}.name"), format!("\"{}\"", ctr.name)));
+    }
+    if ctr.image.as_deref().unwrap_or("").trim().is_empty() {
+        c.push(StatusCause::required(format!("{f}.image")));
+    }
+    for (j, p) in ctr.ports.iter().flatten().enumerate() {
+        port_valid(p.container_port, format!("{f}.ports[{j}].containerPort"), c);
+        protocol_valid(&p.protocol, format!("{f}.ports[{j}].protocol"), c);
+        if let Some(n) = &p.name {
+            if !is_port_name(n) {
+                c.push(StatusCause::invalid(
+                    format!("{f}.ports[{j}].name"),
+                    format!("\"{n}\""),
+                    "must be an IANA_SVC_NAME (at most 15 characters, lowercase alphanumerics and '-')",
+                ));
+            }
+        }
+    }
+    for (j, e) in ctr.env.iter().flatten().enumerate() {
+        if e.name.is_empty() {
+            c.push(StatusCause::required(format!("{f}.env[{j}].name")));
+        }
+    }
+}
+
 pub fn validate_pod(pod: &Pod) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&pod.metadata, NameRule::Subdomain, &mut c);
-    if pod.spec.containers.is_empty() {
-        c.push(StatusCause::required("spec.containers"));
+    let Some(spec) = &pod.spec else {
+        c.push(StatusCause::required("spec"));
+        return c;
+    };
+    validate_pod_spec(spec, "spec", &mut c);
+    c
+}
+
+/// A pod's spec, wherever it is (a Pod's `spec`, a template's `spec.template.spec`).
+pub fn validate_pod_spec(spec: &PodSpec, f: &str, c: &mut Vec<StatusCause>) {
+    if spec.containers.is_empty() {
+        c.push(StatusCause::required(format!("{f}.containers")));
     }
     let mut names = HashSet::new();
-    for (i, ctr) in pod.spec.containers.iter().enumerate() {
-        let f = format!("spec.containers[{i}]");
-        if ctr.name.is_empty() {
-            c.push(StatusCause::required(format!("{f}.name")));
-        } else if !is_dns1123_label(&ctr.name) {
-            c.push(StatusCause::invalid(format!("{f}.name"), format!("\"{}\"", ctr.name), "must be a DNS-1123 label"));
-        } else if !names.insert(ctr.name.as_str()) {
-            c.push(StatusCause::duplicate(format!("{f}.name"), format!("\"{}\"", ctr.name)));
-        }
-        if ctr.image.trim().is_empty() {
-            c.push(StatusCause::required(format!("{f}.image")));
-        }
-        for (j, p) in ctr.ports.iter().enumerate() {
-            port_valid(p.container_port, format!("{f}.ports[{j}].containerPort"), &mut c);
-            protocol_valid(&p.protocol, format!("{f}.ports[{j}].protocol"), &mut c);
-            if let Some(n) = &p.name {
-                if !is_port_name(n) {
-                    c.push(StatusCause::invalid(
-                        format!("{f}.ports[{j}].name"),
-                        format!("\"{n}\""),
-                        "must be an IANA_SVC_NAME (at most 15 characters, lowercase alphanumerics and '-')",
-                    ));
-                }
-            }
-        }
-        for (j, e) in ctr.env.iter().enumerate() {
-            if e.name.is_empty() {
-                c.push(StatusCause::required(format!("{f}.env[{j}].name")));
-            }
+    for (i, ctr) in spec.containers.iter().enumerate() {
+        container_valid(ctr, &format!("{f}.containers[{i}]"), &mut names, c);
+    }
+    for (i, ctr) in spec.init_containers.iter().flatten().enumerate() {
+        container_valid(ctr, &format!("{f}.initContainers[{i}]"), &mut names, c);
+    }
+    if let Some(p) = &spec.restart_policy {
+        if !RestartPolicy::ALL.contains(&p.as_str()) {
+            c.push(StatusCause::not_supported(format!("{f}.restartPolicy"), p, &RestartPolicy::ALL));
         }
     }
-    let policies = ["Always", "OnFailure", "Never"];
-    if let Some(p) = &pod.spec.restart_policy {
-        if !policies.contains(&p.as_str()) {
-            c.push(StatusCause::not_supported("spec.restartPolicy", p, &policies));
-        }
-    }
-    if let Some(g) = pod.spec.termination_grace_period_seconds {
+    if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
-            c.push(StatusCause::invalid("spec.terminationGracePeriodSeconds", g, "must be greater than or equal to 0"));
+            c.push(StatusCause::invalid(format!("{f}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
         }
     }
-    if let Some(n) = &pod.spec.node_name {
+    if let Some(n) = &spec.node_name {
         if !n.is_empty() && !is_dns1123_subdomain(n) {
-            c.push(StatusCause::invalid("spec.nodeName", format!("\"{n}\""), "must be a DNS-1123 subdomain"));
+            c.push(StatusCause::invalid(format!("{f}.nodeName"), format!("\"{n}\""), "must be a DNS-1123 subdomain"));
         }
     }
-    labels_valid(&pod.spec.node_selector, "spec.nodeSelector", &mut c);
-    c
+    if let Some(sel) = &spec.node_selector {
+        labels_valid(sel, &format!("{f}.nodeSelector"), c);
+    }
 }
 
 /// What the service allocators are configured with; validation checks requests against it.
@@ -182,21 +202,23 @@ pub const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "
 pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&svc.metadata, NameRule::Dns1035, &mut c);
-    let spec = &svc.spec;
-    let ty = spec.type_();
+    let empty = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&empty);
+    let ty = svc.type_();
     if !SERVICE_TYPES.contains(&ty) {
         c.push(StatusCause::not_supported("spec.type", ty, &SERVICE_TYPES));
         return c;
     }
+    let ports = svc.ports();
     if ty == "ExternalName" {
         if spec.external_name.as_deref().unwrap_or("").is_empty() {
             c.push(StatusCause::required("spec.externalName"));
         }
-    } else if spec.ports.is_empty() && spec.cluster_ip.as_deref() != Some("None") {
+    } else if ports.is_empty() && svc.cluster_ip() != Some("None") {
         c.push(StatusCause::required("spec.ports"));
     }
-    match spec.cluster_ip.as_deref() {
-        None | Some("") | Some("None") => {}
+    match svc.cluster_ip() {
+        None | Some("None") => {}
         Some(ip) => match ip.parse::<Ipv4Addr>() {
             Err(_) => c.push(StatusCause::invalid("spec.clusterIP", format!("\"{ip}\""), "must be a valid IP address, (e.g. 10.9.8.7)")),
             Ok(a) if !ranges.cluster_ips.contains(a) => c.push(StatusCause::invalid(
@@ -207,17 +229,17 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
             Ok(_) => {}
         },
     }
-    if ty == "ExternalName" && !matches!(spec.cluster_ip.as_deref(), None | Some("")) {
+    if ty == "ExternalName" && svc.cluster_ip().is_some() {
         c.push(StatusCause::invalid(
             "spec.clusterIP",
-            format!("\"{}\"", spec.cluster_ip.as_deref().unwrap_or("")),
+            format!("\"{}\"", svc.cluster_ip().unwrap_or("")),
             "may not be set for ExternalName services",
         ));
     }
     let mut names = HashSet::new();
     let mut seen = HashSet::new();
     let mut node_ports = HashSet::new();
-    for (i, p) in spec.ports.iter().enumerate() {
+    for (i, p) in ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
         match &p.name {
             Some(n) if !n.is_empty() => {
@@ -227,17 +249,18 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
                     c.push(StatusCause::duplicate(format!("{f}.name"), format!("\"{n}\"")));
                 }
             }
-            _ if spec.ports.len() > 1 => c.push(StatusCause::required(format!("{f}.name"))),
+            _ if ports.len() > 1 => c.push(StatusCause::required(format!("{f}.name"))),
             _ => {}
         }
         port_valid(p.port, format!("{f}.port"), &mut c);
         protocol_valid(&p.protocol, format!("{f}.protocol"), &mut c);
-        if !seen.insert((p.port, p.protocol().to_string())) {
-            c.push(StatusCause::duplicate(f.clone(), format!("{}/{}", p.port, p.protocol())));
+        let proto = protocol(&p.protocol);
+        if !seen.insert((p.port, proto.to_string())) {
+            c.push(StatusCause::duplicate(f.clone(), format!("{}/{proto}", p.port)));
         }
         match &p.target_port {
-            Some(IntOrString::Int(t)) => port_valid(*t, format!("{f}.targetPort"), &mut c),
-            Some(IntOrString::Str(s)) if !is_port_name(s) => c.push(StatusCause::invalid(
+            Some(IntOrString::Int(t)) if *t != 0 => port_valid(*t, format!("{f}.targetPort"), &mut c),
+            Some(IntOrString::String(s)) if !is_port_name(s) => c.push(StatusCause::invalid(
                 format!("{f}.targetPort"),
                 format!("\"{s}\""),
                 "must contain at least one letter and be an IANA_SVC_NAME",
@@ -246,15 +269,15 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
         }
         if let Some(np) = p.node_port.filter(|&n| n != 0) {
             let nf = format!("{f}.nodePort");
-            if !spec.wants_node_ports() {
+            if !svc.wants_node_ports() {
                 c.push(StatusCause::invalid(nf, np, &format!("may not be used when `type` is '{ty}'")));
-            } else if !ranges.node_ports.contains(np) {
+            } else if !ranges.node_ports.contains(i64::from(np)) {
                 c.push(StatusCause::invalid(
                     nf,
                     np,
                     &format!("provided port is not in the valid range. The range of valid ports is {}", ranges.node_ports),
                 ));
-            } else if !node_ports.insert((np, p.protocol().to_string())) {
+            } else if !node_ports.insert((np, proto.to_string())) {
                 c.push(StatusCause::duplicate(nf, np));
             }
         }
@@ -268,12 +291,13 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
 pub fn validate_node(node: &Node) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&node.metadata, NameRule::Subdomain, &mut c);
-    if let Some(cidr) = &node.spec.pod_cidr {
+    if let Some(cidr) = node.pod_cidr() {
         if cidr.parse::<Cidr>().is_err() {
             c.push(StatusCause::invalid("spec.podCIDR", format!("\"{cidr}\""), "must be a valid CIDR (e.g. 10.244.1.0/24)"));
         }
     }
-    for (i, a) in node.status.addresses.iter().enumerate() {
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or(&[]);
+    for (i, a) in addresses.iter().enumerate() {
         if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") && a.address.parse::<Ipv4Addr>().is_err() {
             c.push(StatusCause::invalid(
                 format!("status.addresses[{i}].address"),
@@ -294,8 +318,8 @@ pub fn validate_namespace(ns: &Namespace) -> Vec<StatusCause> {
 pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&ep.metadata, NameRule::Subdomain, &mut c);
-    for (i, s) in ep.subsets.iter().enumerate() {
-        for (j, a) in s.addresses.iter().chain(&s.not_ready_addresses).enumerate() {
+    for (i, s) in ep.subsets.iter().flatten().enumerate() {
+        for (j, a) in s.addresses.iter().flatten().chain(s.not_ready_addresses.iter().flatten()).enumerate() {
             if a.ip.parse::<Ipv4Addr>().is_err() {
                 c.push(StatusCause::invalid(
                     format!("subsets[{i}].addresses[{j}].ip"),
@@ -304,7 +328,7 @@ pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
                 ));
             }
         }
-        for (j, p) in s.ports.iter().enumerate() {
+        for (j, p) in s.ports.iter().flatten().enumerate() {
             port_valid(p.port, format!("subsets[{i}].ports[{j}].port"), &mut c);
             protocol_valid(&p.protocol, format!("subsets[{i}].ports[{j}].protocol"), &mut c);
         }
@@ -318,36 +342,25 @@ pub fn is_config_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c))
 }
 
-/// Standard base64 with padding, as Kubernetes encodes `[]byte` fields in JSON.
-pub fn is_base64(s: &str) -> bool {
-    let b = s.as_bytes();
-    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
-    b.len().is_multiple_of(4) && pad <= 2 && b[..b.len() - pad].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
-}
-
 /// A ConfigMap or Secret may hold at most 1 MiB of data in all (etcd's value limit, less room).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
-/// The data maps of a ConfigMap or Secret: valid, distinct keys; base64 where the map holds
-/// bytes (shown in errors as `shown`, so secrets never echo); at most 1 MiB in all.
-fn config_data_valid(maps: &[(&str, &BTreeMap<String, String>, Option<&str>)], c: &mut Vec<StatusCause>) {
+/// The keys of a ConfigMap's or Secret's data maps (`(field, key, value length)`): valid,
+/// distinct across the maps, at most 1 MiB in all. (Base64 in `binaryData` and a Secret's
+/// `data` is checked by decoding: a value that is not base64 does not decode.)
+fn config_data_valid<'a>(entries: impl IntoIterator<Item = (&'a str, &'a String, usize)>, c: &mut Vec<StatusCause>) {
     let mut seen = HashSet::new();
     let mut size = 0;
-    for (field, map, base64_shown) in maps {
-        for (k, v) in map.iter() {
-            size += k.len() + v.len();
-            if !is_config_key(k) {
-                c.push(StatusCause::invalid(
-                    format!("{field}[{k}]"),
-                    format!("\"{k}\""),
-                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
-                ));
-            } else if !seen.insert(k.as_str()) {
-                c.push(StatusCause::duplicate(format!("{field}[{k}]"), format!("\"{k}\"")));
-            }
-        }
-        for k in map.iter().filter(|(_, v)| base64_shown.is_some() && !is_base64(v)).map(|(k, _)| k) {
-            c.push(StatusCause::invalid(format!("{field}[{k}]"), base64_shown.unwrap_or_default(), "must be base64-encoded"));
+    for (field, k, len) in entries {
+        size += k.len() + len;
+        if !is_config_key(k) {
+            c.push(StatusCause::invalid(
+                format!("{field}[{k}]"),
+                format!("\"{k}\""),
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+            ));
+        } else if !seen.insert(k.as_str()) {
+            c.push(StatusCause::duplicate(format!("{field}[{k}]"), format!("\"{k}\"")));
         }
     }
     if size > MAX_CONFIG_BYTES {
@@ -358,14 +371,18 @@ fn config_data_valid(maps: &[(&str, &BTreeMap<String, String>, Option<&str>)], c
 pub fn validate_configmap(cm: &ConfigMap) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&cm.metadata, NameRule::Subdomain, &mut c);
-    config_data_valid(&[("data", &cm.data, None), ("binaryData", &cm.binary_data, Some("<binary>"))], &mut c);
+    let data = cm.data.iter().flatten().map(|(k, v)| ("data", k, v.len()));
+    let binary = cm.binary_data.iter().flatten().map(|(k, v)| ("binaryData", k, v.0.len()));
+    config_data_valid(data.chain(binary), &mut c);
     c
 }
 
 pub fn validate_secret(s: &Secret) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&s.metadata, NameRule::Subdomain, &mut c);
-    config_data_valid(&[("data", &s.data, Some("<secret contents redacted>"))], &mut c);
+    let data = s.data.iter().flatten().map(|(k, v)| ("data", k, v.0.len()));
+    let strings = s.string_data.iter().flatten().map(|(k, v)| ("stringData", k, v.len()));
+    config_data_valid(data.chain(strings), &mut c);
     c
 }
 
@@ -381,7 +398,7 @@ pub fn validate_event(ev: &Event) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&ev.metadata, NameRule::Subdomain, &mut c);
     let io = &ev.involved_object;
-    if io.kind.is_empty() {
+    if io.kind.as_deref().unwrap_or("").is_empty() {
         c.push(StatusCause::required("involvedObject.kind"));
     }
     if let (Some(ns), Some(mine)) = (io.namespace.as_deref().filter(|n| !n.is_empty()), ev.metadata.namespace.as_deref()) {
@@ -389,8 +406,8 @@ pub fn validate_event(ev: &Event) -> Vec<StatusCause> {
             c.push(StatusCause::invalid("involvedObject.namespace", format!("\"{ns}\""), "does not match event.namespace"));
         }
     }
-    if ev.count.is_some_and(|n| n < 0) {
-        c.push(StatusCause::invalid("count", ev.count.unwrap_or_default(), "must be greater than or equal to 0"));
+    if let Some(n) = ev.count.filter(|n| *n < 0) {
+        c.push(StatusCause::invalid("count", n, "must be greater than or equal to 0"));
     }
     if let Some(t) = ev.type_.as_deref() {
         if !["Normal", "Warning"].contains(&t) {
@@ -403,16 +420,12 @@ pub fn validate_event(ev: &Event) -> Vec<StatusCause> {
 pub fn validate_lease(l: &Lease) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(&l.metadata, NameRule::Subdomain, &mut c);
-    if let Some(d) = l.spec.lease_duration_seconds.filter(|&d| d <= 0) {
+    let Some(spec) = &l.spec else { return c };
+    if let Some(d) = spec.lease_duration_seconds.filter(|&d| d <= 0) {
         c.push(StatusCause::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
     }
-    if let Some(n) = l.spec.lease_transitions.filter(|&n| n < 0) {
+    if let Some(n) = spec.lease_transitions.filter(|&n| n < 0) {
         c.push(StatusCause::invalid("spec.leaseTransitions", n, "must be greater than or equal to 0"));
-    }
-    for (f, t) in [("spec.acquireTime", &l.spec.acquire_time), ("spec.renewTime", &l.spec.renew_time)] {
-        if let Some(t) = t.as_deref().filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_err()) {
-            c.push(StatusCause::invalid(f, format!("\"{t}\""), "must be an RFC 3339 time"));
-        }
     }
     c
 }
@@ -421,41 +434,35 @@ pub fn validate_lease(l: &Lease) -> Vec<StatusCause> {
 /// matches the template's labels, and a template that would make a valid pod.
 pub fn validate_workload(
     meta: &ObjectMeta,
-    replicas: Option<i64>,
-    selector: Option<&LabelSelectorSpec>,
-    template: &PodTemplateSpec,
+    replicas: Option<i32>,
+    selector: &LabelSelector,
+    template: Option<&PodTemplateSpec>,
 ) -> Vec<StatusCause> {
     let mut c = vec![];
     validate_meta(meta, NameRule::Subdomain, &mut c);
     if let Some(r) = replicas.filter(|r| *r < 0) {
         c.push(StatusCause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
     }
-    match selector.map(crate::selector::LabelSelector::from_spec) {
-        None => c.push(StatusCause::required("spec.selector")),
-        Some(Err(e)) => c.push(StatusCause::invalid("spec.selector", "{...}", &e.0)),
-        Some(Ok(sel)) if sel.0.is_empty() => {
-            c.push(StatusCause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"))
-        }
-        Some(Ok(sel)) if !sel.matches(&template.metadata.labels) => {
+    let empty = BTreeMap::new();
+    let labels = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref()).unwrap_or(&empty);
+    match crate::selector::LabelSelector::from_spec(selector) {
+        Err(e) => c.push(StatusCause::invalid("spec.selector", "{...}", &e.0)),
+        Ok(sel) if sel.0.is_empty() => c.push(StatusCause::invalid("spec.selector", "{}", "empty selector is invalid for deployment")),
+        Ok(sel) if !sel.matches(labels) => {
             c.push(StatusCause::invalid("spec.template.metadata.labels", "{...}", "`selector` does not match template `labels`"))
         }
-        Some(Ok(_)) => {}
+        Ok(_) => {}
     }
-    // The template must make a valid pod (its name is the controller's to choose).
-    let pod = Pod {
-        metadata: ObjectMeta { name: "template".into(), ..template.metadata.clone() },
-        spec: template.spec.clone(),
-        ..Default::default()
+    let Some(spec) = template.and_then(|t| t.spec.as_ref()) else {
+        c.push(StatusCause::required("spec.template.spec"));
+        return c;
     };
-    for mut cause in validate_pod(&pod) {
-        if let Some(rest) = cause.field.strip_prefix("spec.") {
-            cause.field = format!("spec.template.spec.{rest}");
-        } else if let Some(rest) = cause.field.strip_prefix("metadata.") {
-            cause.field = format!("spec.template.metadata.{rest}");
-        }
-        c.push(cause);
+    // The template must make a valid pod (its name is the controller's to choose).
+    if let Some(l) = template.and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref()) {
+        labels_valid(l, "spec.template.metadata.labels", &mut c);
     }
-    if let Some(p) = template.spec.restart_policy.as_deref().filter(|p| *p != "Always") {
+    validate_pod_spec(spec, "spec.template.spec", &mut c);
+    if let Some(p) = spec.restart_policy.as_deref().filter(|p| *p != "Always") {
         c.push(StatusCause::not_supported("spec.template.spec.restartPolicy", p, &["Always"]));
     }
     c
@@ -463,63 +470,55 @@ pub fn validate_workload(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn workloads_need_a_matching_selector_and_a_valid_template() {
-        let mut t = PodTemplateSpec::default();
-        t.metadata.labels.insert("app".into(), "web".into());
-        t.spec.containers.push(Container { name: "c".into(), image: "x".into(), ..Default::default() });
-        let meta = ObjectMeta { name: "web".into(), ..Default::default() };
-        let sel = |k: &str, v: &str| LabelSelectorSpec { match_labels: [(k.to_string(), v.to_string())].into(), ..Default::default() };
-        assert!(validate_workload(&meta, Some(2), Some(&sel("app", "web")), &t).is_empty());
-        assert_eq!(fields(&validate_workload(&meta, Some(-1), None, &t)), ["spec.replicas", "spec.selector"]);
-        assert_eq!(fields(&validate_workload(&meta, None, Some(&sel("app", "db")), &t)), ["spec.template.metadata.labels"]);
-        t.spec.containers[0].image = String::new();
-        assert_eq!(fields(&validate_workload(&meta, None, Some(&sel("app", "web")), &t)), ["spec.template.spec.containers[0].image"]);
-    }
-
-    #[test]
-    fn config_keys_and_base64() {
-        assert!(is_config_key("app.properties") && is_config_key("a_b-c"));
-        assert!(!is_config_key("a/b") && !is_config_key("..") && !is_config_key(""));
-        assert!(is_base64("aGVsbG8=") && is_base64("") && is_base64("aGk/+A=="));
-        assert!(!is_base64("aGVsbG8") && !is_base64("a===") && !is_base64("a b="));
-        let mut cm = ConfigMap::default();
-        cm.metadata.name = "cfg".into();
-        cm.data.insert("k".into(), "v".into());
-        cm.binary_data.insert("k".into(), "dg==".into());
-        cm.binary_data.insert("bad/key".into(), "!!".into());
-        let c = validate_configmap(&cm);
-        assert_eq!(fields(&c), ["binaryData[bad/key]", "binaryData[k]", "binaryData[bad/key]"], "{c:?}");
-        let mut s = Secret::default();
-        s.metadata.name = "s".into();
-        s.data.insert("password".into(), "not base64!".into());
-        assert_eq!(fields(&validate_secret(&s)), ["data[password]"]);
-    }
-
-    #[test]
-    fn events_and_leases() {
-        let mut ev = Event::default();
-        ev.metadata.name = "web.1".into();
-        ev.metadata.namespace = Some("default".into());
-        ev.involved_object =
-            ObjectReference { kind: "Pod".into(), namespace: Some("other".into()), name: "web".into(), ..Default::default() };
-        ev.type_ = Some("Info".into());
-        assert_eq!(fields(&validate_event(&ev)), ["involvedObject.namespace", "type"]);
-        let mut l = Lease::default();
-        l.metadata.name = "node1".into();
-        l.spec.lease_duration_seconds = Some(0);
-        l.spec.renew_time = Some("yesterday".into());
-        assert_eq!(fields(&validate_lease(&l)), ["spec.leaseDurationSeconds", "spec.renewTime"]);
-    }
-
     use super::*;
+    use serde_json::json;
 
     fn ranges() -> ServiceRanges {
         ServiceRanges { cluster_ips: "10.96.0.0/16".parse().unwrap(), node_ports: "30000-32767".parse().unwrap() }
     }
 
     fn fields(c: &[StatusCause]) -> Vec<&str> {
-        c.iter().map(|c| c.field.as_str()).collect()
+        c.iter().map(|c| c.field()).collect()
+    }
+
+    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn workloads_need_a_matching_selector_and_a_valid_template() {
+        let t = |image: &str| -> PodTemplateSpec {
+            from(json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": image}]}}))
+        };
+        let meta = ObjectMeta { name: Some("web".into()), ..Default::default() };
+        let sel = |k: &str, v: &str| LabelSelector { match_labels: Some([(k.to_string(), v.to_string())].into()), ..Default::default() };
+        assert!(validate_workload(&meta, Some(2), &sel("app", "web"), Some(&t("x"))).is_empty());
+        assert_eq!(
+            fields(&validate_workload(&meta, Some(-1), &LabelSelector::default(), Some(&t("x")))),
+            ["spec.replicas", "spec.selector"]
+        );
+        assert_eq!(fields(&validate_workload(&meta, None, &sel("app", "db"), Some(&t("x")))), ["spec.template.metadata.labels"]);
+        assert_eq!(fields(&validate_workload(&meta, None, &sel("app", "web"), Some(&t("")))), ["spec.template.spec.containers[0].image"]);
+    }
+
+    #[test]
+    fn config_keys() {
+        assert!(is_config_key("app.properties") && is_config_key("a_b-c"));
+        assert!(!is_config_key("a/b") && !is_config_key("..") && !is_config_key(""));
+        let cm: ConfigMap = from(json!({"metadata": {"name": "cfg"}, "data": {"k": "v"}, "binaryData": {"k": "dg==", "bad/key": "dg=="}}));
+        let c = validate_configmap(&cm);
+        assert_eq!(fields(&c), ["binaryData[bad/key]", "binaryData[k]"], "{c:?}");
+        // A Secret's data is base64 on the wire: what is not does not even decode.
+        assert!(serde_json::from_value::<Secret>(json!({"metadata": {"name": "s"}, "data": {"password": "not base64!"}})).is_err());
+    }
+
+    #[test]
+    fn events_and_leases() {
+        let ev: Event = from(json!({"metadata": {"name": "web.1", "namespace": "default"},
+            "involvedObject": {"kind": "Pod", "namespace": "other", "name": "web"}, "type": "Info"}));
+        assert_eq!(fields(&validate_event(&ev)), ["involvedObject.namespace", "type"]);
+        let l: Lease = from(json!({"metadata": {"name": "node1"}, "spec": {"leaseDurationSeconds": 0}}));
+        assert_eq!(fields(&validate_lease(&l)), ["spec.leaseDurationSeconds"]);
     }
 
     #[test]
@@ -536,14 +535,13 @@ mod tests {
 
     #[test]
     fn pod_errors_name_their_fields() {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
+        let pod: Pod = from(json!({
             "metadata": {"name": "Bad_Name"},
             "spec": {"restartPolicy": "Sometimes", "containers": [
                 {"name": "c", "image": "x", "ports": [{"containerPort": 70000}]},
                 {"name": "c", "image": ""}
             ]}
-        }))
-        .unwrap();
+        }));
         let c = validate_pod(&pod);
         assert_eq!(
             fields(&c),
@@ -559,35 +557,27 @@ mod tests {
 
     #[test]
     fn service_errors_name_their_fields() {
-        let svc: Service = serde_json::from_value(serde_json::json!({
+        let svc: Service = from(json!({
             "metadata": {"name": "web"},
             "spec": {"type": "NodePort", "clusterIP": "10.0.0.1", "ports": [
                 {"name": "a", "port": 0, "nodePort": 80},
                 {"port": 81, "targetPort": "no_such"}
             ]}
-        }))
-        .unwrap();
+        }));
         let c = validate_service(&svc, &ranges());
         assert_eq!(
             fields(&c),
             ["spec.clusterIP", "spec.ports[0].port", "spec.ports[0].nodePort", "spec.ports[1].name", "spec.ports[1].targetPort"]
         );
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web"}, "spec": {"type": "Magic", "ports": [{"port": 80}]}
-        }))
-        .unwrap();
+        let svc: Service = from(json!({"metadata": {"name": "web"}, "spec": {"type": "Magic", "ports": [{"port": 80}]}}));
         assert_eq!(fields(&validate_service(&svc, &ranges())), ["spec.type"]);
-        let svc: Service = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 30001}]}
-        }))
-        .unwrap();
+        let svc: Service = from(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80, "nodePort": 30001}]}}));
         assert_eq!(fields(&validate_service(&svc, &ranges())), ["spec.ports[0].nodePort"]);
     }
 
     #[test]
     fn node_cidr_must_parse() {
-        let n: Node =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/33"}})).unwrap();
+        let n: Node = from(json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/33"}}));
         assert_eq!(fields(&validate_node(&n)), ["spec.podCIDR"]);
     }
 }

@@ -51,8 +51,10 @@ fn check(name: &str, got: &str) {
 }
 
 fn ports(services: &[Service], endpoints: &[Endpoints]) -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
-    let by_name: BTreeMap<String, &Endpoints> =
-        endpoints.iter().map(|e| (format!("{}/{}", e.metadata.namespace.as_deref().unwrap(), e.metadata.name), e)).collect();
+    let by_name: BTreeMap<String, &Endpoints> = endpoints
+        .iter()
+        .map(|e| (format!("{}/{}", e.metadata.namespace.as_deref().unwrap(), e.metadata.name.as_deref().unwrap()), e))
+        .collect();
     service_ports(services, &by_name)
 }
 
@@ -94,7 +96,7 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
 
     // One endpoint of webapp goes away: only webapp's chains are rewritten, its SEP deleted.
     let mut e2 = e.clone();
-    e2[0].subsets[0].addresses.pop();
+    e2[0].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
     let plan = planner.plan("10.244.0.0/16", &ports(&s, &e2), false, &[]);
     check("partial-endpoint-removed.iptables", &plan.ruleset.text);
     assert_eq!(plan.written, 1);
@@ -102,7 +104,7 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
     planner.applied(plan);
 
     // The `api` service is deleted: exactly its SVC and SEP chains go.
-    let s3: Vec<Service> = s.iter().filter(|x| x.metadata.name != "api").cloned().collect();
+    let s3: Vec<Service> = s.iter().filter(|x| x.metadata.name.as_deref() != Some("api")).cloned().collect();
     let plan = planner.plan("10.244.0.0/16", &ports(&s3, &e2), false, &[]);
     let api_port = pkg::proxy::ServicePort {
         name: "shop/api:http".into(),

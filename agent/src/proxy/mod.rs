@@ -155,6 +155,8 @@ impl Proxier {
     }
 }
 
+// Each message lives for one hop through a channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Svc(Change<Service>),
     Ep(Change<Endpoints>),

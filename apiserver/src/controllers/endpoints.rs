@@ -14,6 +14,8 @@ use pkg::selector::LabelSelector;
 use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc;
 
+// Each message lives for one hop through a channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Pod(Change<Pod>),
     Svc(Change<Service>),
@@ -37,10 +39,9 @@ pub fn spawn(api: Api) {
                     Msg::Svc(c) => dirty.extend(apply(&mut services, c).iter().map(ns_name)),
                     Msg::Pod(c) => {
                         for pod in apply(&mut pods, c) {
-                            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                            let ns = pod.namespace().unwrap_or_default().to_string();
                             for (key, svc) in services.iter().filter(|(k, _)| k.0 == ns) {
-                                let sel = svc.spec.selector.as_ref().filter(|s| !s.is_empty());
-                                if sel.is_some_and(|s| LabelSelector::from_map(s).matches(&pod.metadata.labels)) {
+                                if svc.selector().is_some_and(|s| LabelSelector::from_map(s).matches(pod.labels())) {
                                     dirty.insert(key.clone());
                                 }
                             }
@@ -51,7 +52,7 @@ pub fn spawn(api: Api) {
             let mut retry = HashSet::new();
             for key in dirty.drain() {
                 if let Err(e) = sync(&api, &key, services.get(&key), &pods).await {
-                    tracing::warn!(service = %format!("{}/{}", key.0, key.1), error = %e.0.message, "endpoints: sync failed, will retry");
+                    tracing::warn!(service = %format!("{}/{}", key.0, key.1), error = %e.message(), "endpoints: sync failed, will retry");
                     retry.insert(key);
                 }
             }
@@ -65,7 +66,7 @@ pub fn spawn(api: Api) {
 
 /// Make the Endpoints object of one service match its pods.
 async fn sync(api: &Api, (ns, name): &Key, svc: Option<&Service>, pods: &HashMap<Key, Pod>) -> Result<(), crate::error::ApiError> {
-    let Some(svc) = svc.filter(|s| s.spec.selector.as_ref().is_some_and(|s| !s.is_empty())) else {
+    let Some(svc) = svc.filter(|s| s.selector().is_some()) else {
         // Service gone (or never had a selector): the Endpoints the controller made go too.
         if svc.is_none() {
             match api.delete::<Endpoints>(Some(ns), name, None, None).await {
@@ -75,7 +76,7 @@ async fn sync(api: &Api, (ns, name): &Key, svc: Option<&Service>, pods: &HashMap
         }
         return Ok(());
     };
-    let subsets = compute_subsets(svc, pods.values().filter(|p| p.metadata.namespace.as_deref() == Some(ns)));
+    let subsets = Some(compute_subsets(svc, pods.values().filter(|p| p.namespace() == Some(ns)))).filter(|s| !s.is_empty());
     let labels = svc.metadata.labels.clone();
     let updated = api
         .modify::<Endpoints>(Some(ns), name, false, |ep| {
@@ -86,11 +87,7 @@ async fn sync(api: &Api, (ns, name): &Key, svc: Option<&Service>, pods: &HashMap
         })
         .await?;
     if updated.is_none() {
-        let ep = Endpoints {
-            metadata: ObjectMeta { name: name.clone(), labels: labels.clone(), ..Default::default() },
-            subsets: subsets.clone(),
-            ..Default::default()
-        };
+        let ep = Endpoints { metadata: ObjectMeta { labels: labels.clone(), ..meta(None, name) }, subsets: subsets.clone() };
         match api.create(Some(ns), ep).await {
             Err(e) if e.code() == 409 => {} // created meanwhile; the next change syncs it
             Err(e) => return Err(e),

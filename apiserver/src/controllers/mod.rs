@@ -52,10 +52,10 @@ pub fn spawn_informer<T: Strategy, M: Send + 'static>(api: Api, tx: UnboundedSen
                                 }
                             }
                         }
-                        Err(e) => tracing::warn!(kind = T::KIND, error = %e.0.message, "informer: watch failed"),
+                        Err(e) => tracing::warn!(kind = T::KIND, error = %e.message(), "informer: watch failed"),
                     }
                 }
-                Err(e) => tracing::warn!(kind = T::KIND, error = %e.0.message, "informer: list failed"),
+                Err(e) => tracing::warn!(kind = T::KIND, error = %e.message(), "informer: list failed"),
             }
             if tx.is_closed() {
                 return;
@@ -67,7 +67,7 @@ pub fn spawn_informer<T: Strategy, M: Send + 'static>(api: Api, tx: UnboundedSen
 
 /// `namespace/name`, the key caches are indexed by.
 pub fn ns_name<T: pkg::api::Object>(o: &T) -> (String, String) {
-    (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone())
+    (o.namespace().unwrap_or_default().to_string(), o.name().to_string())
 }
 
 /// Apply an informer change to a cache keyed by `namespace/name`.

@@ -26,7 +26,7 @@ pub async fn empty(api: &Api, ns: &str) -> Result<(), ApiError> {
 
 async fn delete_all<T: Strategy>(api: &Api, ns: &str, grace: Option<i64>) -> Result<(), ApiError> {
     for o in api.list::<T>(Some(ns)).await?.0 {
-        match api.delete::<T>(Some(ns), &o.meta().name, grace, None).await {
+        match api.delete::<T>(Some(ns), o.name(), grace, None).await {
             Err(e) if e.code() != 404 => return Err(e),
             _ => {}
         }

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+// Each message lives for one hop through a channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Pod(Change<Pod>),
     Node(Change<Node>),
@@ -42,31 +44,27 @@ pub fn spawn(api: Api) {
 
 async fn schedule_pending(api: &Api, pods: &mut HashMap<(String, String), Pod>, nodes: &HashMap<(String, String), Node>) {
     let mut node_list: Vec<Node> = nodes.values().cloned().collect();
-    node_list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    node_list.sort_by(|a, b| a.name().cmp(b.name()));
     let mut load: HashMap<String, usize> = HashMap::new();
     for p in pods.values().filter(|p| !p.is_terminal()) {
-        if let Some(n) = p.spec.node_name.as_ref().filter(|n| !n.is_empty()) {
-            *load.entry(n.clone()).or_default() += 1;
+        if let Some(n) = p.node_name() {
+            *load.entry(n.to_string()).or_default() += 1;
         }
     }
-    let mut pending: Vec<Pod> = pods
-        .values()
-        .filter(|p| p.spec.node_name.as_deref().unwrap_or("").is_empty() && p.metadata.deletion_timestamp.is_none())
-        .cloned()
-        .collect();
+    let mut pending: Vec<Pod> = pods.values().filter(|p| p.node_name().is_none() && !p.is_deleting()).cloned().collect();
     pending.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
     for pod in pending {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone();
-        let now = now_rfc3339();
+        let ns = pod.namespace().unwrap_or_default().to_string();
+        let name = pod.name().to_string();
+        let now = pkg::api::now();
         let result = match pkg::scheduler::pick_node(&pod, &node_list, &load) {
             Ok(node) => {
                 let node = node.to_string();
                 // Binding: spec.nodeName is set only if it is still unset.
                 let r = api
                     .modify::<Pod>(Some(&ns), &name, false, |p| {
-                        if p.spec.node_name.as_deref().unwrap_or("").is_empty() {
-                            p.spec.node_name = Some(node.clone());
+                        if p.node_name().is_none() {
+                            p.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
                             true
                         } else {
                             false
@@ -76,13 +74,13 @@ async fn schedule_pending(api: &Api, pods: &mut HashMap<(String, String), Pod>, 
                 if let Ok(Some(_)) = &r {
                     *load.entry(node.clone()).or_default() += 1;
                     tracing::info!(pod = %format!("{ns}/{name}"), node = %node, "scheduled");
-                    let cond = Condition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() };
+                    let cond = PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() };
                     let _ = api.modify::<Pod>(Some(&ns), &name, true, |p| set_if_changed(p, cond.clone(), &now)).await;
                 }
                 r
             }
             Err(why) => {
-                let cond = Condition {
+                let cond = PodCondition {
                     type_: "PodScheduled".into(),
                     status: "False".into(),
                     reason: Some("Unschedulable".into()),
@@ -97,18 +95,17 @@ async fn schedule_pending(api: &Api, pods: &mut HashMap<(String, String), Pod>, 
             }
         };
         if let Err(e) = result {
-            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e.0.message, "scheduler: could not update pod");
+            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e.message(), "scheduler: could not update pod");
         }
     }
 }
 
 /// Set a pod condition; report whether anything changed (so an unchanged reason is not rewritten).
-fn set_if_changed(p: &mut Pod, cond: Condition, now: &str) -> bool {
-    if condition(&p.status.conditions, &cond.type_)
-        .is_some_and(|c| c.status == cond.status && c.reason == cond.reason && c.message == cond.message)
-    {
+fn set_if_changed(p: &mut Pod, cond: PodCondition, now: &Time) -> bool {
+    if p.pod_condition(&cond.type_).is_some_and(|c| c.status == cond.status && c.reason == cond.reason && c.message == cond.message) {
         return false;
     }
-    set_condition(&mut p.status.conditions, cond, now);
+    let conditions = p.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
+    set_condition(conditions, cond, now);
     true
 }

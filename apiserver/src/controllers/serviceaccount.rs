@@ -10,6 +10,8 @@ use pkg::api::*;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 
+// Each message lives for one hop through a channel; boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Ns(Change<Namespace>),
     Sa(Change<ServiceAccount>),
@@ -40,10 +42,10 @@ pub fn spawn(api: Api) {
 }
 
 async fn ensure_default(api: &Api, ns: &str) {
-    let sa = ServiceAccount { metadata: ObjectMeta { name: "default".into(), ..Default::default() }, ..Default::default() };
+    let sa = ServiceAccount { metadata: meta(None, "default"), ..Default::default() };
     match api.create(Some(ns), sa).await {
         Ok(_) => tracing::info!(namespace = ns, "serviceaccount: created default"),
         Err(e) if matches!(e.code(), 409 | 404) => {} // exists already, or the namespace is gone
-        Err(e) => tracing::warn!(namespace = ns, error = %e.0.message, "serviceaccount: create failed"),
+        Err(e) => tracing::warn!(namespace = ns, error = %e.message(), "serviceaccount: create failed"),
     }
 }

@@ -70,6 +70,19 @@ check "patch --type=json" k patch configmap cfg --type=json -p '[{"op":"add","pa
 check "patch --type=strategic adds a port" k patch svc two --type=strategic -p '{"spec":{"ports":[{"name":"extra","port":81,"targetPort":8081}]}}'
 check "... the patched objects" equals "b 1 2 80 8443 81" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS get cm cfg -o 'jsonpath={.data.a} {.data.m} {.data.j}'; echo -n ' '; KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS get svc two -o 'jsonpath={.spec.ports[*].port}'"
 
+# Fields the kind does not have: kubectl asks for strict validation (refused, nothing
+# stored); with --validate=warn the object is created and kubectl prints the server's warning.
+cat >"$WORK/typo.yaml" <<EOT
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: typo}
+data: {a: b}
+dataa: {c: d}
+EOT
+check "an unknown field is refused" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS create -f $WORK/typo.yaml 2>&1 | grep -q 'strict decoding error: unknown field \"dataa\"'"
+check "... and not stored" bash -c "! KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS get configmap typo"
+check "--validate=warn creates it with a warning" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS create --validate=warn -f $WORK/typo.yaml 2>&1 | grep -q 'Warning: unknown field \"dataa\"'"
+
 # Events: listed, and shown by describe for the object they are about.
 k run lonely --image=localhost:5000/whoami:latest --overrides='{"spec":{"nodeSelector":{"nowhere":"true"}}}' >/dev/null 2>&1
 uid=$(k get pod lonely -o 'jsonpath={.metadata.uid}')

@@ -1,591 +1,262 @@
-//! The Kubernetes API types ownkube speaks: `core/v1` Pod, Service, Endpoints, Node and
-//! Namespace here, in the same JSON shape as `k8s.io/api/core/v1`; ConfigMap, Secret and
-//! ServiceAccount in [`config`], Event in [`event`], `coordination.k8s.io/v1` Lease in
-//! [`lease`], and `apps/v1` Deployment and ReplicaSet in [`apps`].
+//! The Kubernetes API types ownkube speaks: the ecosystem's own, from the `k8s-openapi`
+//! crate (generated from Kubernetes' OpenAPI document, so every field of
+//! `k8s.io/api/core/v1` is there, typed, with its upstream documentation). ownkube adds
+//! only what those structs cannot say:
 //!
-//! Upstream: k8s.io/api/core/v1/types.go
+//! - [`Object`]: what the apiserver's generic handlers need of any stored kind (its URL
+//!   plural, whether it lives in a namespace, and quick access to the common metadata);
+//! - small readers ([`PodExt`], [`ServiceExt`], [`NodeExt`]) for the optional parts
+//!   of a Pod, Service or Node that are read everywhere;
+//! - [`status`]: building `Status` errors and their causes; [`conditions`]: pod and node
+//!   conditions; [`enums`]: the values that drive logic (phase, restart policy, condition
+//!   status), as enums rather than strings;
+//! - [`fields`]: which fields of a decoded body the types did not know (what
+//!   `fieldValidation=Warn|Strict` reports).
 //!
-//! Every struct names only the fields ownkube reads or writes. Everything else a real
-//! manifest carries (resources, probes, annotations on a container, ...) lands in the
-//! `extra` map of the struct it belongs to (`#[serde(flatten)]`) and is written back out
-//! unchanged, so `kubectl get -o yaml` returns what was sent.
+//! Upstream: k8s.io/api/core/v1/types.go, k8s.io/apimachinery/pkg/apis/meta/v1/types.go
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 
-pub mod apps;
-pub mod config;
-pub mod event;
-pub mod lease;
-pub use apps::{Deployment, DeploymentSpec, LabelSelectorSpec, PodTemplateSpec, ReplicaSet, ReplicaSetSpec};
-pub use config::{ConfigMap, Secret, ServiceAccount};
-pub use event::{Event, EventSource};
-pub use lease::{Lease, LeaseSpec};
+pub mod conditions;
+pub mod enums;
+pub mod fields;
+pub mod status;
 
-/// Unknown fields, kept as they came.
-pub type Extra = Map<String, Value>;
+pub use conditions::{condition, set_condition, ConditionLike};
+pub use enums::{ConditionStatus, PodPhase, RestartPolicy};
+pub use status::{CauseExt, StatusExt};
 
-/// `metadata`, common to every object.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generate_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// The etcd revision at which the object was last written (a string, as in Kubernetes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-    /// Set when a graceful delete has begun: the kubelet stops the pod, then removes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_timestamp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_grace_period_seconds: Option<i64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(flatten)]
-    pub extra: Extra,
+pub use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, DeploymentStrategy, ReplicaSet, ReplicaSetCondition, ReplicaSetSpec,
+    ReplicaSetStatus, RollingUpdateDeployment,
+};
+pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+pub use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, EnvVar, Event, EventSource, Namespace, NamespaceSpec,
+    NamespaceStatus, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectReference, Pod,
+    PodCondition, PodIP, PodSpec, PodStatus, PodTemplateSpec, Secret, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+pub use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ListMeta, MicroTime, ObjectMeta, OwnerReference, Status, StatusCause, StatusDetails, Time,
+};
+pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+pub use k8s_openapi::{ByteString, Metadata, Resource};
+
+/// Whether a kind's objects live inside a namespace, read off k8s-openapi's scope types.
+pub trait Scope {
+    const NAMESPACED: bool;
+}
+impl Scope for k8s_openapi::NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+impl Scope for k8s_openapi::ClusterResourceScope {
+    const NAMESPACED: bool = false;
 }
 
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// What every stored kind has in common; the apiserver's generic handlers work on this.
-pub trait Object: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static {
-    /// `Pod`, `Service`, ...
-    const KIND: &'static str;
+/// `KIND` (`Pod`), `API_VERSION` (`v1`, `apps/v1`) and `GROUP` come from k8s-openapi's
+/// [`Resource`]; every k8s-openapi kind with an `ObjectMeta` is an `Object`.
+pub trait Object:
+    Resource + Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Clone + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
     /// The plural used in URLs: `pods`, `services`, ...
     const RESOURCE: &'static str;
     /// Whether objects live inside a namespace (`/api/v1/namespaces/{ns}/pods`) or not (`/api/v1/nodes`).
     const NAMESPACED: bool;
-    /// `v1` for the core group, `group/version` otherwise (`coordination.k8s.io/v1`).
-    const API_VERSION: &'static str;
-    fn meta(&self) -> &ObjectMeta;
-    fn meta_mut(&mut self) -> &mut ObjectMeta;
-    /// Fill `apiVersion` and `kind`, which clients may leave out.
-    fn set_type_meta(&mut self);
+
+    fn meta(&self) -> &ObjectMeta {
+        self.metadata()
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        self.metadata_mut()
+    }
+    /// `metadata.name`, or `""` before the server has chosen one.
+    fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or("")
+    }
+    fn namespace(&self) -> Option<&str> {
+        self.metadata().namespace.as_deref()
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        self.metadata().labels.as_ref().unwrap_or(&NO_LABELS)
+    }
+    fn uid(&self) -> Option<&str> {
+        self.metadata().uid.as_deref()
+    }
+    fn resource_version(&self) -> Option<&str> {
+        self.metadata().resource_version.as_deref()
+    }
+    fn is_deleting(&self) -> bool {
+        self.metadata().deletion_timestamp.is_some()
+    }
 }
 
-/// Implement [`Object`] for a struct with `apiVersion`, `kind` and `metadata` fields.
-#[macro_export]
-macro_rules! object {
-    ($ty:ident, $kind:literal, $resource:literal, $namespaced:literal) => {
-        $crate::object!($ty, $kind, $resource, $namespaced, "v1");
-    };
-    ($ty:ident, $kind:literal, $resource:literal, $namespaced:literal, $api_version:literal) => {
-        impl $crate::api::Object for $ty {
-            const KIND: &'static str = $kind;
-            const RESOURCE: &'static str = $resource;
-            const NAMESPACED: bool = $namespaced;
-            const API_VERSION: &'static str = $api_version;
-            fn meta(&self) -> &$crate::api::ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut $crate::api::ObjectMeta {
-                &mut self.metadata
-            }
-            fn set_type_meta(&mut self) {
-                self.api_version = Some($api_version.into());
-                self.kind = Some($kind.into());
-            }
-        }
-    };
+impl<T> Object for T
+where
+    T: Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Default
+        + PartialEq
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    T::Scope: Scope,
+{
+    const RESOURCE: &'static str = T::URL_PATH_SEGMENT;
+    const NAMESPACED: bool = <T::Scope as Scope>::NAMESPACED;
+}
+
+/// `ObjectMeta` with a name (and a namespace), the way most objects are made in code.
+pub fn meta(ns: Option<&str>, name: &str) -> ObjectMeta {
+    ObjectMeta { name: Some(name.to_string()), namespace: ns.map(String::from), ..Default::default() }
+}
+
+/// The current time, as `metadata.creationTimestamp` and conditions carry it (seconds).
+pub fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// The current time with microseconds, as Lease `renewTime` and Event `eventTime` carry it.
+pub fn now_micro() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+/// Seconds since the Unix epoch of a time (for arithmetic on ages and deadlines).
+pub fn seconds(t: &Time) -> i64 {
+    t.0.as_second()
+}
+
+/// RFC 3339 time in UTC with seconds, the format of every Kubernetes timestamp.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 // ---------------------------------------------------------------- Pod
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Pod {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: PodSpec,
-    #[serde(default)]
-    pub status: PodStatus,
-}
-object!(Pod, "Pod", "pods", true);
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodSpec {
-    #[serde(default)]
-    pub containers: Vec<Container>,
-    /// The node the scheduler bound this pod to; the kubelet of that node runs it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_selector: BTreeMap<String, String>,
-    /// `Always` (the default), `OnFailure` or `Never`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub termination_grace_period_seconds: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Container {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub image: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub env: Vec<EnvVar>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ContainerPort>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EnvVar {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerPort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub container_port: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStatus {
-    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
-    pub pod_ip: Option<String>,
-    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub container_statuses: Vec<Value>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// A pod or node condition (`Ready`, `PodScheduled`, ...).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_heartbeat_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// Find a condition by type.
-pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Set a condition, keeping `lastTransitionTime` when the status does not change.
-pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition, now: &str) {
-    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
-        Some(old) => {
-            new.last_transition_time = if old.status == new.status { old.last_transition_time.clone() } else { Some(now.to_string()) };
-            *old = new;
-        }
-        None => {
-            new.last_transition_time = Some(now.to_string());
-            conditions.push(new);
-        }
-    }
-}
-
-impl Pod {
+/// Reading a Pod's optional parts without unwrapping at every step.
+pub trait PodExt {
+    fn containers(&self) -> &[Container];
+    /// The node the scheduler bound the pod to (`spec.nodeName`, if not empty).
+    fn node_name(&self) -> Option<&str>;
+    fn pod_ip(&self) -> Option<&str>;
+    fn phase(&self) -> PodPhase;
+    fn restart_policy(&self) -> RestartPolicy;
+    fn pod_condition(&self, type_: &str) -> Option<&PodCondition>;
+    fn container_statuses(&self) -> &[ContainerStatus];
     /// Running with a `Ready=True` condition: what the endpoints controller puts behind a service.
-    pub fn is_ready(&self) -> bool {
-        self.status.phase.as_deref() == Some("Running") && condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
-    }
+    fn is_ready(&self) -> bool;
     /// Succeeded or Failed: the pod will not run again.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    fn is_terminal(&self) -> bool;
+}
+
+impl PodExt for Pod {
+    fn containers(&self) -> &[Container] {
+        self.spec.as_ref().map_or(&[], |s| &s.containers)
+    }
+    fn node_name(&self) -> Option<&str> {
+        self.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+    }
+    fn pod_ip(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.pod_ip.as_deref()).filter(|ip| !ip.is_empty())
+    }
+    fn phase(&self) -> PodPhase {
+        PodPhase::parse(self.status.as_ref().and_then(|s| s.phase.as_deref()))
+    }
+    fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy::parse(self.spec.as_ref().and_then(|s| s.restart_policy.as_deref()))
+    }
+    fn pod_condition(&self, type_: &str) -> Option<&PodCondition> {
+        condition(self.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or(&[]), type_)
+    }
+    fn container_statuses(&self) -> &[ContainerStatus] {
+        self.status.as_ref().and_then(|s| s.container_statuses.as_deref()).unwrap_or(&[])
+    }
+    fn is_ready(&self) -> bool {
+        self.phase() == PodPhase::Running && self.pod_condition("Ready").is_some_and(|c| c.status == "True")
+    }
+    fn is_terminal(&self) -> bool {
+        matches!(self.phase(), PodPhase::Succeeded | PodPhase::Failed)
     }
 }
 
 // ---------------------------------------------------------------- Service
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Service {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: ServiceSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Value>,
-}
-object!(Service, "Service", "services", true);
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceSpec {
+/// Reading a Service's spec with Kubernetes' defaults applied.
+pub trait ServiceExt {
     /// `ClusterIP` (the default), `NodePort`, `LoadBalancer` or `ExternalName`.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
-    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
-    pub cluster_ip: Option<String>,
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Option::is_none")]
-    pub cluster_ips: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<ServicePort>,
-    /// Pods whose labels match all of these are the service's endpoints. No selector:
-    /// the user manages the Endpoints object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_name: Option<String>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServicePort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    #[serde(default)]
-    pub port: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_port: Option<IntOrString>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_port: Option<i64>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-impl ServicePort {
-    pub fn protocol(&self) -> &str {
-        self.protocol.as_deref().unwrap_or("TCP")
-    }
-}
-
-impl ServiceSpec {
-    pub fn type_(&self) -> &str {
-        self.type_.as_deref().unwrap_or("ClusterIP")
-    }
+    fn type_(&self) -> &str;
+    fn ports(&self) -> &[ServicePort];
+    fn cluster_ip(&self) -> Option<&str>;
+    /// The pod selector, if it has one that is not empty.
+    fn selector(&self) -> Option<&BTreeMap<String, String>>;
     /// NodePort and LoadBalancer services open a port on every node.
-    pub fn wants_node_ports(&self) -> bool {
+    fn wants_node_ports(&self) -> bool;
+    /// Headless (`clusterIP: None`) and ExternalName services get no virtual IP.
+    fn wants_cluster_ip(&self) -> bool;
+}
+
+impl ServiceExt for Service {
+    fn type_(&self) -> &str {
+        self.spec.as_ref().and_then(|s| s.type_.as_deref()).filter(|t| !t.is_empty()).unwrap_or("ClusterIP")
+    }
+    fn ports(&self) -> &[ServicePort] {
+        self.spec.as_ref().and_then(|s| s.ports.as_deref()).unwrap_or(&[])
+    }
+    fn cluster_ip(&self) -> Option<&str> {
+        self.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).filter(|ip| !ip.is_empty())
+    }
+    fn selector(&self) -> Option<&BTreeMap<String, String>> {
+        self.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty())
+    }
+    fn wants_node_ports(&self) -> bool {
         matches!(self.type_(), "NodePort" | "LoadBalancer")
     }
-    /// Headless (`clusterIP: None`) and ExternalName services get no virtual IP.
-    pub fn wants_cluster_ip(&self) -> bool {
-        self.type_() != "ExternalName" && self.cluster_ip.as_deref() != Some("None")
+    fn wants_cluster_ip(&self) -> bool {
+        self.type_() != "ExternalName" && self.cluster_ip() != Some("None")
     }
 }
 
-/// A port given as a number or as the name of a container port.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum IntOrString {
-    Int(i64),
-    Str(String),
-}
-
-// ---------------------------------------------------------------- Endpoints
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Endpoints {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subsets: Vec<EndpointSubset>,
-}
-object!(Endpoints, "Endpoints", "endpoints", true);
-
-/// A set of addresses that all serve the same ports.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointSubset {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<EndpointAddress>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub not_ready_addresses: Vec<EndpointAddress>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<EndpointPort>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointAddress {
-    pub ip: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<ObjectReference>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectReference {
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// Which part of the object, e.g. `spec.containers{app}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field_path: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EndpointPort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub port: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
+/// A service port's protocol, `TCP` when not given.
+pub fn protocol(p: &Option<String>) -> &str {
+    p.as_deref().filter(|p| !p.is_empty()).unwrap_or("TCP")
 }
 
 // ---------------------------------------------------------------- Node
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Node {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: NodeSpec,
-    #[serde(default)]
-    pub status: NodeStatus,
-}
-object!(Node, "Node", "nodes", false);
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeSpec {
-    /// The /24 (by default) of the cluster CIDR this node hands its pods addresses from.
-    #[serde(default, rename = "podCIDR", skip_serializing_if = "Option::is_none")]
-    pub pod_cidr: Option<String>,
-    #[serde(default, rename = "podCIDRs", skip_serializing_if = "Option::is_none")]
-    pub pod_cidrs: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unschedulable: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Extra,
+pub trait NodeExt {
+    fn is_ready(&self) -> bool;
+    fn internal_ip(&self) -> Option<&str>;
+    fn pod_cidr(&self) -> Option<&str>;
+    fn node_condition(&self, type_: &str) -> Option<&NodeCondition>;
+    fn unschedulable(&self) -> bool;
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<NodeAddress>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocatable: Option<BTreeMap<String, String>>,
-    #[serde(flatten)]
-    pub extra: Extra,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeAddress {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub address: String,
-}
-
-impl Node {
-    pub fn is_ready(&self) -> bool {
-        condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+impl NodeExt for Node {
+    fn is_ready(&self) -> bool {
+        self.node_condition("Ready").is_some_and(|c| c.status == "True")
     }
-    pub fn internal_ip(&self) -> Option<&str> {
-        self.status.addresses.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.as_str())
+    fn internal_ip(&self) -> Option<&str> {
+        let addrs = self.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or(&[]);
+        addrs.iter().find(|a| a.type_ == "InternalIP").map(|a| a.address.as_str())
     }
-}
-
-// ---------------------------------------------------------------- Namespace
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Namespace {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Value>,
-}
-object!(Namespace, "Namespace", "namespaces", false);
-
-// ---------------------------------------------------------------- Status
-
-/// The error body every Kubernetes API error has: `kind: Status` with a machine-readable
-/// `reason` (`NotFound`, `AlreadyExists`, `Invalid`, ...) and, for invalid input, the fields.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub kind: String,
-    pub api_version: String,
-    pub metadata: Map<String, Value>,
-    pub status: String,
-    pub message: String,
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<StatusDetails>,
-    pub code: u16,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub causes: Vec<StatusCause>,
-}
-
-/// One reason an object is invalid: which field, and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusCause {
-    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueDuplicate`, ...
-    pub reason: String,
-    pub message: String,
-    /// The JSON path of the field, e.g. `spec.ports[0].nodePort`.
-    pub field: String,
-}
-
-impl StatusCause {
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, why: &str) -> Self {
-        StatusCause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {value}: {why}"), field: field.into() }
+    fn pod_cidr(&self) -> Option<&str> {
+        self.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).filter(|c| !c.is_empty())
     }
-    pub fn required(field: impl Into<String>) -> Self {
-        StatusCause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: field.into() }
+    fn node_condition(&self, type_: &str) -> Option<&NodeCondition> {
+        condition(self.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or(&[]), type_)
     }
-    pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
-        StatusCause { reason: "FieldValueDuplicate".into(), message: format!("Duplicate value: {value}"), field: field.into() }
+    fn unschedulable(&self) -> bool {
+        self.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
     }
-    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
-        let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
-        StatusCause {
-            reason: "FieldValueNotSupported".into(),
-            message: format!("Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
-            field: field.into(),
-        }
-    }
-}
-
-impl Status {
-    pub fn failure(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Status {
-            kind: "Status".into(),
-            api_version: "v1".into(),
-            metadata: Map::new(),
-            status: "Failure".into(),
-            message: message.into(),
-            reason: reason.into(),
-            details: None,
-            code,
-        }
-    }
-    pub fn success() -> Self {
-        let mut s = Self::failure(200, "", "");
-        s.status = "Success".into();
-        s
-    }
-    pub fn with_details(mut self, kind: &str, name: &str) -> Self {
-        let d = self.details.get_or_insert_with(Default::default);
-        d.kind = Some(kind.to_string());
-        d.name = Some(name.to_string());
-        self
-    }
-    /// `422 Invalid`, listing every cause, as `kubectl` prints them.
-    pub fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
-        let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-        let mut s = Self::failure(422, "Invalid", format!("{kind} \"{name}\" is invalid: {}", msgs.join(", ")))
-            .with_details(&kind.to_lowercase(), name);
-        s.details.as_mut().unwrap().causes = causes;
-        s
-    }
-}
-
-/// RFC 3339 time in UTC with seconds, the format of every Kubernetes timestamp.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -593,34 +264,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_survive_a_round_trip() {
-        let manifest = serde_json::json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "web", "annotations": {"a": "b"}, "finalizers": ["x"]},
-            "spec": {
-                "containers": [{
-                    "name": "c", "image": "nginx",
-                    "resources": {"limits": {"cpu": "100m"}},
-                    "livenessProbe": {"httpGet": {"path": "/", "port": 80}},
-                    "ports": [{"containerPort": 80, "hostPort": 8080}]
-                }],
-                "dnsPolicy": "ClusterFirst"
-            }
-        });
-        let pod: Pod = serde_json::from_value(manifest.clone()).unwrap();
-        assert_eq!(pod.spec.containers[0].ports[0].container_port, 80);
-        let back = serde_json::to_value(&pod).unwrap();
-        assert_eq!(back["spec"]["containers"][0]["resources"], manifest["spec"]["containers"][0]["resources"]);
-        assert_eq!(back["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"], 80);
-        assert_eq!(back["spec"]["containers"][0]["ports"][0]["hostPort"], 8080);
-        assert_eq!(back["spec"]["dnsPolicy"], "ClusterFirst");
-        assert_eq!(back["metadata"]["finalizers"][0], "x");
+    fn every_kind_is_an_object_with_its_plural_and_scope() {
+        assert_eq!((Pod::KIND, Pod::RESOURCE, Pod::NAMESPACED, Pod::API_VERSION), ("Pod", "pods", true, "v1"));
+        assert_eq!((Node::RESOURCE, Node::NAMESPACED), ("nodes", false));
+        assert_eq!((Deployment::API_VERSION, Deployment::RESOURCE), ("apps/v1", "deployments"));
+        assert_eq!(Lease::API_VERSION, "coordination.k8s.io/v1");
+    }
+
+    #[test]
+    fn readers_apply_kubernetes_defaults() {
+        let svc: Service =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+        assert_eq!(svc.type_(), "ClusterIP");
+        assert!(svc.wants_cluster_ip() && !svc.wants_node_ports());
+        assert_eq!(protocol(&svc.ports()[0].protocol), "TCP");
+        let pod = Pod::default();
+        assert_eq!(pod.phase(), PodPhase::Pending);
+        assert_eq!(pod.restart_policy(), RestartPolicy::Always);
+        assert!(pod.containers().is_empty() && pod.node_name().is_none() && !pod.is_ready());
     }
 
     #[test]
     fn target_port_is_int_or_string() {
         let p: ServicePort = serde_json::from_str(r#"{"port":80,"targetPort":"http"}"#).unwrap();
-        assert_eq!(p.target_port, Some(IntOrString::Str("http".into())));
+        assert_eq!(p.target_port, Some(IntOrString::String("http".into())));
         let p: ServicePort = serde_json::from_str(r#"{"port":80,"targetPort":8080}"#).unwrap();
         assert_eq!(p.target_port, Some(IntOrString::Int(8080)));
     }
