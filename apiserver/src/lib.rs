@@ -7,6 +7,7 @@
 //!   [`discovery`], the documents that tell clients what is served;
 //! - [`handler`]: the verbs every resource shares (list with [`list`] pagination, create,
 //!   get, update, patch, delete, deletecollection, `dryRun`), and [`watch`] streams;
+//! - [`openapi`]: the OpenAPI v3 documents (`kubectl explain`), generated from the types;
 //! - [`codec`]: content negotiation: JSON, YAML, patch types, Tables, PartialObjectMetadata;
 //!   [`protobuf`]: request bodies in Kubernetes' protobuf (kubectl 1.32+ sends them);
 //! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
@@ -22,6 +23,7 @@ pub mod error;
 pub mod handler;
 pub mod list;
 pub mod objects;
+pub mod openapi;
 pub mod printers;
 pub mod protobuf;
 pub mod registry;

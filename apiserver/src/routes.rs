@@ -12,6 +12,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::handler::{self, Params, Req};
 use crate::objects::Api;
+use crate::openapi;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -76,9 +77,13 @@ pub fn router(api: Api) -> Router {
         .route("/api/{version}", get(|Path(v): Path<String>| async move { group_version("", &v) }))
         .route("/apis/{group}", get(|Path(g): Path<String>| async move { discovery::api_group(&g).map(axum::Json).ok_or_else(not_found) }))
         .route("/apis/{group}/{version}", get(|Path((g, v)): Path<(String, String)>| async move { group_version(&g, &v) }))
-        .route("/openapi/v2", get(discovery::openapi_v2))
-        .route("/openapi/v3", get(discovery::openapi_v3_root))
-        .route("/openapi/v3/api/v1", get(discovery::openapi_v3_core));
+        .route("/openapi/v2", get(openapi::serve_v2))
+        .route("/openapi/v3", get(openapi::index))
+        .route("/openapi/v3/api/{version}", get(|Path(v): Path<String>| async move { openapi::serve(&format!("api/{v}")) }))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(|Path((g, v)): Path<(String, String)>| async move { openapi::serve(&format!("apis/{g}/{v}")) }),
+        );
     for shape in SHAPES {
         r = r.route(&format!("/api/{{version}}{shape}"), any(route)).route(&format!("/apis/{{group}}/{{version}}{shape}"), any(route));
     }

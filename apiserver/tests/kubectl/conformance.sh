@@ -100,6 +100,11 @@ EOT
 check "create an event" k create -f "$WORK/event.yaml"
 check "get events lists it" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS get events | grep -q 'Exercise.*pod/lonely'"
 check "describe pod shows its events" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS describe pod lonely | sed -n '/^Events:/,\$p' | grep -q Exercise"
+# explain reads the OpenAPI v3 documents (schemas generated from k8s-openapi's types).
+check "explain pod.spec.containers" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER --cache-dir $CACHE explain pod.spec.containers | grep -q 'List of containers belonging to the pod'"
+check "explain deployment.spec.replicas" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER --cache-dir $CACHE explain deployment.spec.replicas | grep -q 'Number of desired pods'"
+check "explain svc.spec.ports.nodePort" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER --cache-dir $CACHE explain svc.spec.ports.nodePort | grep -q 'FIELD: *nodePort'"
+check "explain from OpenAPI v2 (protobuf)" bash -c "KUBECONFIG=/dev/null $KUBECTL --server $SERVER --cache-dir $CACHE explain pod.spec.containers.image --output plaintext-openapiv2 | grep -q 'Container image name'"
 check "auth can-i" equals "yes" k auth can-i create pods
 check "delete namespace" k delete namespace "$NS" --wait=false
 
