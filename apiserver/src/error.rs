@@ -40,6 +40,11 @@ impl ApiError {
     pub fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
         ApiError(Box::new(Status::invalid(kind, name, causes)))
     }
+    /// `422` for a bad request option (`force` on a merge patch, no `fieldManager` on apply).
+    pub fn invalid_options(kind: &str, field: &str, why: &str) -> Self {
+        use pkg::api::CauseExt;
+        ApiError::invalid(kind, "", vec![StatusCause::invalid(field, "", why)])
+    }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }

@@ -7,7 +7,7 @@
 use crate::codec::{self, BodyType, FieldValidation, Output};
 use crate::error::ApiError;
 use crate::list::{self, ListQuery};
-use crate::objects::Api;
+use crate::objects::{Api, Write};
 use crate::printers::{self, Printable};
 use crate::registry::Strategy;
 use crate::watch;
@@ -40,6 +40,16 @@ pub fn dry_run(p: &Params) -> Result<bool, ApiError> {
     }
 }
 
+/// The request's dry-run flag and field manager (`?fieldManager=`, else its User-Agent's name).
+pub fn writer(r: &Req<'_>) -> Result<Write, ApiError> {
+    let ua = r.headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let name = pkg::managedfields::manager_name(r.params.get("fieldManager").map(String::as_str), ua);
+    if name.len() > 128 {
+        return Err(ApiError::invalid_options("PatchOptions", "fieldManager", "must be at most 128 characters"));
+    }
+    Ok(Write::by(&name).dry(dry_run(r.params)?))
+}
+
 /// Label and field selectors from the query string; a bad one is a 400.
 pub fn selectors<T: Strategy>(p: &Params) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let l = LabelSelector::parse(p.get("labelSelector").map(String::as_str).unwrap_or(""))
@@ -68,7 +78,7 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         (Method::GET, Some(name), None | Some("status")) => Ok(codec::respond_obj(StatusCode::OK, r.out, &api.get::<T>(r.ns, name).await?)),
         (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
             let d = codec::decode_body::<T>(r.headers, &r.body, FieldValidation::from_params(r.params)?)?;
-            let updated = api.update_opts::<T>(r.ns, name, d.obj, sub.is_some(), dry_run(r.params)?).await?;
+            let updated = api.update_opts::<T>(r.ns, name, d.obj, sub.is_some(), &writer(&r)?).await?;
             Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &updated), &d.warnings))
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
@@ -126,12 +136,12 @@ async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respons
 }
 
 async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
-    let dry = dry_run(r.params)?;
+    let w = writer(r)?;
     let fv = FieldValidation::from_params(r.params)?;
     let docs = codec::parse_documents(r.headers, &r.body)?;
     if docs.len() == 1 {
         let d = codec::decode_value::<T>(docs.into_iter().next().unwrap_or_default(), fv)?;
-        let created = api.create_opts::<T>(r.ns, d.obj, dry).await?;
+        let created = api.create_opts::<T>(r.ns, d.obj, &w).await?;
         return Ok(codec::with_warnings(codec::respond_obj(StatusCode::CREATED, r.out, &created), &d.warnings));
     }
     // Several YAML documents (an ownkube convenience for `curl --data-binary @file`): all
@@ -139,11 +149,11 @@ async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respo
     let decoded: Vec<codec::Decoded<T>> = docs.into_iter().map(|d| codec::decode_value(d, fv)).collect::<Result<_, _>>()?;
     let warnings: Vec<String> = decoded.iter().flat_map(|d| d.warnings.clone()).collect();
     for d in &decoded {
-        api.create_opts::<T>(r.ns, d.obj.clone(), true).await?;
+        api.create_opts::<T>(r.ns, d.obj.clone(), &w.clone().dry(true)).await?;
     }
     let mut created = vec![];
     for d in decoded {
-        created.push(api.create_opts::<T>(r.ns, d.obj, dry).await?);
+        created.push(api.create_opts::<T>(r.ns, d.obj, &w).await?);
     }
     let list = json!({"kind": "List", "apiVersion": "v1", "metadata": {}, "items": created});
     Ok(codec::with_warnings(codec::respond(StatusCode::CREATED, r.out, list), &warnings))
@@ -175,10 +185,7 @@ fn apply_patch<T: Strategy>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Resul
                 serde_json::from_value(patch).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
             json_patch::patch(doc, &ops).map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
         }
-        BodyType::ApplyPatch => {
-            return Err(ApiError::new(415, "UnsupportedMediaType", "server-side apply (application/apply-patch+yaml) is not supported yet"))
-        }
-        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => {
+        BodyType::Json | BodyType::ApplyPatch | BodyType::Yaml | BodyType::Protobuf => {
             return Err(ApiError::new(
                 415,
                 "UnsupportedMediaType",
@@ -194,7 +201,13 @@ fn apply_patch<T: Strategy>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Resul
 /// is retried unless the patch itself named a resourceVersion.
 async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: &Req<'_>) -> Result<Response, ApiError> {
     let ty = codec::body_type(r.headers)?;
-    let dry = dry_run(r.params)?;
+    if ty == BodyType::ApplyPatch {
+        return crate::apply::apply::<T>(api, name, status, r).await;
+    }
+    if r.params.contains_key("force") {
+        return Err(ApiError::invalid_options("PatchOptions", "force", "may not be specified for non-apply patch"));
+    }
+    let w = writer(r)?;
     let fv = FieldValidation::from_params(r.params)?;
     for _ in 0..5 {
         let current = api.get::<T>(r.ns, name).await?;
@@ -202,7 +215,7 @@ async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: 
         apply_patch::<T>(ty, &mut doc, &r.body)?;
         let pinned = doc["metadata"]["resourceVersion"] != json!(current.meta().resource_version);
         let patched = codec::decode_value::<T>(doc, fv)?;
-        match api.update_opts::<T>(r.ns, name, patched.obj, status, dry).await {
+        match api.update_opts::<T>(r.ns, name, patched.obj, status, &w).await {
             Err(e) if e.code() == 409 && !pinned => continue,
             res => return Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &res?), &patched.warnings)),
         }

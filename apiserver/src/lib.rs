@@ -5,6 +5,7 @@
 //!
 //! - [`routes`]: the URL layout (`/api/v1/...`, `/apis/{group}/{version}/...`) and
 //!   [`discovery`], the documents that tell clients what is served;
+//! - [`apply`]: server-side apply (`kubectl apply --server-side`) over [`pkg::managedfields`];
 //! - [`handler`]: the verbs every resource shares (list with [`list`] pagination, create,
 //!   get, update, patch, delete, deletecollection, `dryRun`), and [`watch`] streams;
 //! - [`openapi`]: the OpenAPI v3 documents (`kubectl explain`), generated from the types;
@@ -16,6 +17,7 @@
 //! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion, default
 //!   service accounts.
 
+pub mod apply;
 pub mod codec;
 pub mod controllers;
 pub mod discovery;

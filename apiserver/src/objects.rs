@@ -10,8 +10,50 @@ use crate::registry::{ApiErrorKind, Claim, Strategy};
 use crate::storage::{self, Committed, Expect, Op, Store};
 use crate::Config;
 use pkg::api::{CauseExt, Namespace, Object, StatusCause};
+use pkg::managedfields::{self, Manager, Operation};
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// How a request writes: for real or as a dry run (`?dryRun=All`), and who is writing,
+/// for `metadata.managedFields`.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub dry_run: bool,
+    pub fields: Fields,
+}
+
+/// Whose write it is.
+#[derive(Clone, Debug)]
+pub enum Fields {
+    /// An ordinary write by this field manager: it takes the fields it changes.
+    Manager(String),
+    /// A server-side apply, whose `managedFields` are already worked out.
+    Applied,
+}
+
+/// The manager name of the in-process controllers' writes.
+pub const CONTROLLERS: &str = "ownkube-controller-manager";
+
+impl Write {
+    pub fn by(manager: &str) -> Write {
+        Write { dry_run: false, fields: Fields::Manager(manager.to_string()) }
+    }
+    pub fn dry(mut self, dry_run: bool) -> Write {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
+/// Record in `new.metadata.managedFields` who changed what since `old`.
+fn track<T: Object>(old: Option<&T>, new: &mut T, w: &Write, subresource: Option<&str>) -> Result<(), ApiError> {
+    let Fields::Manager(name) = &w.fields else { return Ok(()) };
+    let mgr = Manager::new(name, Operation::Update, T::API_VERSION, subresource);
+    let old_v = old.map(serde_json::to_value).transpose().map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut new_v = serde_json::to_value(&*new).map_err(|e| ApiError::internal(e.to_string()))?;
+    managedfields::update(T::KIND, old_v.as_ref(), &mut new_v, &mgr, &pkg::api::now_rfc3339());
+    *new = serde_json::from_value(new_v).map_err(|e| ApiError::internal(format!("managedFields: {e}")))?;
+    Ok(())
+}
 
 /// How many times a write is retried when it lost a race it can recover from (an
 /// automatically chosen number was taken meanwhile, or an unconditional update raced).
@@ -98,7 +140,7 @@ impl Api {
 
     /// Create an object: fill in the server's metadata, validate, claim, write — once.
     pub async fn create<T: Strategy>(&self, ns: Option<&str>, obj: T) -> Result<T, ApiError> {
-        self.create_opts(ns, obj, false).await
+        self.create_opts(ns, obj, &Write::by(CONTROLLERS)).await
     }
 
     /// The object's value write: with the kind's TTL (events) it expires with an etcd lease.
@@ -112,7 +154,8 @@ impl Api {
     /// [`Api::create`], or with `dry_run` everything but the write (`?dryRun=All`): the
     /// same checks in one etcd transaction whose preconditions are evaluated and whose
     /// write list is empty, so a name or number that is taken fails exactly as it would.
-    pub async fn create_opts<T: Strategy>(&self, ns: Option<&str>, mut obj: T, dry_run: bool) -> Result<T, ApiError> {
+    pub async fn create_opts<T: Strategy>(&self, ns: Option<&str>, mut obj: T, w: &Write) -> Result<T, ApiError> {
+        let dry_run = w.dry_run;
         let meta = obj.meta_mut();
         if T::NAMESPACED {
             let ns = ns.unwrap_or("default");
@@ -139,6 +182,7 @@ impl Api {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
         obj.prepare_create();
+        track(None, &mut obj, w, None)?;
         let name = obj.name().to_string();
         let causes = obj.validate(&self.cfg);
         if !causes.is_empty() {
@@ -189,7 +233,7 @@ impl Api {
     /// Replace an object (`PUT`), or only its status (`PUT …/status`). With a
     /// `resourceVersion` the write happens only if the object is still at it (else 409).
     pub async fn update<T: Strategy>(&self, ns: Option<&str>, name: &str, new: T, status_only: bool) -> Result<T, ApiError> {
-        self.update_opts(ns, name, new, status_only, false).await
+        self.update_opts(ns, name, new, status_only, &Write::by(CONTROLLERS)).await
     }
 
     /// [`Api::update`], optionally as a dry run (nothing written; the would-be object returned).
@@ -199,8 +243,9 @@ impl Api {
         name: &str,
         new: T,
         status_only: bool,
-        dry_run: bool,
+        w: &Write,
     ) -> Result<T, ApiError> {
+        let dry_run = w.dry_run;
         if !new.name().is_empty() && new.name() != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
@@ -243,6 +288,7 @@ impl Api {
             } else {
                 o.prepare_update(&old)
             };
+            track(Some(&old), &mut o, w, status_only.then_some("status"))?;
             causes.extend(o.validate(&self.cfg));
             if !causes.is_empty() {
                 return Err(ApiError::invalid(T::KIND, name, causes));

@@ -279,3 +279,60 @@ async fn unknown_fields_warn_by_default_and_fail_strict() {
     assert_eq!(code, 400, "{s}");
     assert!(s["message"].as_str().unwrap().contains(r#"unknown field "spec""#), "{s}");
 }
+
+/// Server-side apply: create (201), update (200) with ownership in `managedFields`,
+/// pruning of what the applier stops setting, 409 when another manager set a field the
+/// configuration changes, `force=true` taking it over.
+#[tokio::test]
+async fn server_side_apply_owns_prunes_and_conflicts() {
+    let c = Cluster::start().await;
+    let apply = |q: &str, body: Value| {
+        let url = c.url(&format!("{CMS}/cfg?{q}"));
+        let http = c.http.clone();
+        async move {
+            let r = http.patch(url).header("Content-Type", "application/apply-patch+yaml").body(body.to_string()).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let cm = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": data});
+    let (code, obj) = apply("fieldManager=alice", cm(json!({"a": "1", "b": "2"}))).await;
+    assert_eq!(code, 201, "{obj}");
+    let mf = &obj["metadata"]["managedFields"][0];
+    assert_eq!((mf["manager"].as_str(), mf["operation"].as_str()), (Some("alice"), Some("Apply")));
+    assert_eq!(mf["fieldsV1"], json!({"f:data": {"f:a": {}, "f:b": {}}}));
+
+    // Dropping `b` from the configuration removes it; `a` changes.
+    let (code, obj) = apply("fieldManager=alice", cm(json!({"a": "one"}))).await;
+    assert_eq!((code, obj["data"].clone()), (200, json!({"a": "one"})));
+
+    // Another manager (a merge patch) takes `a`; alice changing it again conflicts.
+    let (code, _) =
+        send(&c, "PATCH", &format!("{CMS}/cfg?fieldManager=bob"), "application/merge-patch+json", r#"{"data":{"a":"bob's"}}"#).await;
+    assert_eq!(code, 200);
+    let (code, s) = apply("fieldManager=alice", cm(json!({"a": "alice's"}))).await;
+    assert_eq!(code, 409, "{s}");
+    assert_eq!(s["reason"], "Conflict");
+    assert_eq!(s["message"], r#"Apply failed with 1 conflict: conflict with "bob" using v1: .data.a"#);
+    assert_eq!(
+        s["details"]["causes"][0],
+        json!({"reason": "FieldManagerConflict", "message": "conflict with \"bob\" using v1", "field": ".data.a"})
+    );
+    // The same value is shared, no conflict; force takes it over.
+    assert_eq!(apply("fieldManager=alice", cm(json!({"a": "bob's"}))).await.0, 200);
+    let (code, obj) = apply("fieldManager=alice&force=true", cm(json!({"a": "alice's"}))).await;
+    assert_eq!((code, obj["data"]["a"].as_str()), (200, Some("alice's")));
+    let managers: Vec<&str> = obj["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|e| e["manager"].as_str()).collect();
+    assert_eq!(managers, ["alice"], "bob owned only .data.a, which alice took");
+
+    // Bad requests: no field manager, force on another patch type, a managedFields body.
+    assert_eq!(apply("", cm(json!({}))).await.0, 422);
+    let (code, _) = send(&c, "PATCH", &format!("{CMS}/cfg?force=true"), "application/merge-patch+json", "{}").await;
+    assert_eq!(code, 422);
+    let mut with_mf = cm(json!({}));
+    with_mf["metadata"]["managedFields"] = json!([]);
+    assert_eq!(apply("fieldManager=alice", with_mf).await.0, 400);
+    // A dry run changes nothing.
+    let (code, obj) = apply("fieldManager=alice&dryRun=All", cm(json!({"a": "dry"}))).await;
+    assert_eq!((code, obj["data"]["a"].as_str()), (200, Some("dry")));
+    assert_eq!(c.get(&format!("{CMS}/cfg")).await.1["data"]["a"], "alice's");
+}

@@ -4,6 +4,7 @@
 //!   Secret, ServiceAccount, Event, Lease, Status);
 //! - [`validation`]: the checks behind `422 Invalid`;
 //! - [`patch`]: JSON merge patch and strategic merge patch, as pure functions;
+//! - [`managedfields`]: server-side apply (merge, ownership, pruning, conflicts) and `managedFields`;
 //! - [`selector`]: label and field selectors;
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
 //! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
@@ -12,6 +13,7 @@
 pub mod alloc;
 pub mod api;
 pub mod endpoints;
+pub mod managedfields;
 pub mod patch;
 pub mod proxy;
 pub mod scheduler;

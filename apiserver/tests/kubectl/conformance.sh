@@ -52,6 +52,30 @@ check "apply again updates" k apply -f "$WORK/svc.yaml"
 check "both ports kept" equals "80 8443" k get svc two -o 'jsonpath={.spec.ports[*].port}'
 check "no \$ key stored in etcd" bash -c "stored=\$(ETCDCTL_API=3 etcdctl --endpoints $ETCD get /registry/services/specs/$NS/two --print-value-only); [[ -n \$stored && \$stored != *'\"\$'* ]]"
 
+# Server-side apply: create, update, a conflict with another field manager, --force-conflicts.
+deploy() { cat >"$WORK/deploy.yaml" <<EOT
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ssa}
+spec:
+  replicas: $1
+  selector: {matchLabels: {app: ssa}}
+  template:
+    metadata: {labels: {app: ssa}}
+    spec: {containers: [{name: web, image: "localhost:5000/whoami:latest"}]}
+EOT
+}
+deploy 2
+check "apply --server-side creates" equals "deployment.apps/ssa serverside-applied" k apply --server-side -f "$WORK/deploy.yaml"
+deploy 3
+check "apply --server-side updates" equals "deployment.apps/ssa serverside-applied" k apply --server-side -f "$WORK/deploy.yaml"
+check "... owned by kubectl (Apply)" equals "3 kubectl Apply" k get deploy ssa -o 'jsonpath={.spec.replicas} {.metadata.managedFields[0].manager} {.metadata.managedFields[0].operation}'
+check "patch by another manager" k patch deploy ssa --type=merge -p '{"spec":{"replicas":5}}'
+deploy 4
+check "apply --server-side reports the conflict" bash -c "! KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS apply --server-side -f $WORK/deploy.yaml >$WORK/out 2>&1 && grep -q 'conflict with \"kubectl-patch\" using apps/v1: .spec.replicas' $WORK/out"
+check "--force-conflicts takes the field" equals "deployment.apps/ssa serverside-applied" k apply --server-side --force-conflicts -f "$WORK/deploy.yaml"
+check "... replicas as applied" equals "4" k get deploy ssa -o 'jsonpath={.spec.replicas}'
+
 # diff and server-side dry runs change nothing.
 rv=$(k get svc two -o 'jsonpath={.metadata.resourceVersion}')
 svc 9443
