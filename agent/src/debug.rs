@@ -1,6 +1,6 @@
-//! The agent's own HTTP port (the kubelet's 10250, minus authentication): `/healthz`,
-//! `/containerLogs/{ns}/{pod}/{container}` (what `kubectl logs` reaches through the
-//! apiserver), and `/debug/proxy`, which shows the proxy's last ruleset and sync
+//! The agent's own HTTP port (the kubelet's 10250): `/healthz`, the node API of
+//! [`crate::streaming`] (logs, exec, attach, port-forward: what `kubectl` reaches
+//! through the apiserver), and `/debug/proxy`, which shows the proxy's last ruleset and sync
 //! statistics so a learner can compare them with `iptables-save -t nat`.
 
 use crate::proxy::Stats;
@@ -14,34 +14,15 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct DebugState {
     pub proxy: Arc<Mutex<Stats>>,
-    /// To find a pod's uid (its log files are kept by uid) and where they are.
-    pub logs: Option<(crate::client::Client, std::path::PathBuf)>,
 }
 
-pub fn router(state: DebugState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/debug/proxy", get(proxy))
-        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
-        .with_state(state)
-}
-
-/// A container's output, as written by its task (stdout and stderr interleaved).
-async fn logs(
-    State(s): State<DebugState>,
-    axum::extract::Path((ns, pod, container)): axum::extract::Path<(String, String, String)>,
-) -> Response {
-    use axum::http::StatusCode;
-    let Some((client, state_dir)) = s.logs else { return (StatusCode::NOT_FOUND, "this agent runs no pods").into_response() };
-    let p: pkg::api::Pod = match client.get(&format!("/api/v1/namespaces/{ns}/pods/{pod}")).await {
-        Ok(p) => p,
-        Err(e) => return (StatusCode::NOT_FOUND, e.to_string()).into_response(),
-    };
-    let uid = p.metadata.uid.clone().unwrap_or_default();
-    let path = crate::kubelet::Kubelet::log_path(&state_dir, &uid, &container);
-    match tokio::fs::read(&path).await {
-        Ok(b) => ([(axum::http::header::CONTENT_TYPE, "text/plain")], b).into_response(),
-        Err(_) => (StatusCode::NOT_FOUND, format!("no logs for container {container} of pod {ns}/{pod}")).into_response(),
+/// The agent's port: health and debug pages, and (on a node that runs pods) the logs,
+/// exec, attach and port-forward endpoints of [`crate::streaming`].
+pub fn router(state: DebugState, streaming: Option<crate::streaming::Streaming>) -> Router {
+    let r = Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy)).with_state(state);
+    match streaming {
+        Some(s) => r.merge(crate::streaming::router(s)),
+        None => r,
     }
 }
 

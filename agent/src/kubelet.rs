@@ -74,6 +74,8 @@ pub struct Kubelet {
     http: reqwest::Client,
     tracks: HashMap<String, PodTrack>,
     images: HashMap<String, ImageConfig>,
+    /// Copiers of terminal output into log files, by container id.
+    consoles: HashMap<String, tokio::task::JoinHandle<std::io::Result<u64>>>,
 }
 
 /// The names everything of one pod goes by.
@@ -97,11 +99,47 @@ impl Kubelet {
         network::ensure_bridge(&net, pod_cidr).await?;
         prepare_host(&runner, &cfg, pod_cidr).await;
         let ipam = Ipam::new(&cfg.state_dir, pod_cidr)?;
-        Ok(Kubelet { client, rt, net, cfg, pod_cidr, ipam, http: reqwest::Client::new(), tracks: HashMap::new(), images: HashMap::new() })
+        Ok(Kubelet {
+            client,
+            rt,
+            net,
+            cfg,
+            pod_cidr,
+            ipam,
+            http: reqwest::Client::new(),
+            tracks: HashMap::new(),
+            images: HashMap::new(),
+            consoles: HashMap::new(),
+        })
     }
 
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.cfg.state_dir.join("pods").join(uid)
+    }
+
+    /// The pipe a container with `stdin: true` reads, which `kubectl attach` writes.
+    pub fn stdin_path(state_dir: &std::path::Path, uid: &str, container: &str) -> PathBuf {
+        state_dir.join("pods").join(uid).join(format!("{container}.stdin"))
+    }
+
+    /// A terminal's output comes through a FIFO; copy it into the container's log file
+    /// (once per container: a copier already running keeps going).
+    fn console_pipe(&mut self, id: &str, log: &std::path::Path) -> anyhow::Result<PathBuf> {
+        let fifo = log.with_extension("console");
+        if !fifo.exists() {
+            crate::exec::mkfifo(&fifo)?;
+        }
+        if self.consoles.get(id).is_some_and(|h| !h.is_finished()) {
+            return Ok(fifo);
+        }
+        let (from, to) = (fifo.clone(), log.to_path_buf());
+        let copier = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let mut r = std::fs::File::open(&from)?;
+            let mut w = std::fs::OpenOptions::new().create(true).append(true).open(&to)?;
+            std::io::copy(&mut r, &mut w)
+        });
+        self.consoles.insert(id.to_string(), copier);
+        Ok(fifo)
     }
 
     /// The log file of one container.
@@ -225,6 +263,10 @@ impl Kubelet {
         for c in pod.containers() {
             let id = container_id(uid, &c.name);
             let state = self.rt.task_state(&id).await?;
+            if matches!(state, TaskState::Running { .. }) && c.tty == Some(true) {
+                // After an agent restart, the terminal's copier starts again.
+                self.console_pipe(&id, &Self::log_path(&self.cfg.state_dir, uid, &c.name))?;
+            }
             let tr = self.tracks.get_mut(uid).unwrap().containers.entry(c.name.clone()).or_default();
             let due = tr.not_before.is_none_or(|t| Instant::now() >= t);
             match state {
@@ -282,14 +324,22 @@ impl Kubelet {
             let args = runtime::process_args(&img, c.command.as_deref().unwrap_or(&[]), c.args.as_deref().unwrap_or(&[]));
             let env = runtime::process_env(&img, &env);
             let cwd = c.working_dir.clone().unwrap_or(img.working_dir.clone());
-            let spec = runtime::oci_spec(&args, &env, &cwd, &name, &ns, &files);
+            let mut spec = runtime::oci_spec(&args, &env, &cwd, &name, &ns, &files);
+            let tty = c.tty == Some(true);
+            spec["process"]["terminal"] = json!(tty);
+            let stdin = (c.stdin == Some(true)).then(|| Self::stdin_path(&self.cfg.state_dir, uid, &c.name));
+            if let Some(p) = stdin.as_deref().filter(|p| !p.exists()) {
+                crate::exec::mkfifo(p)?;
+            }
             let labels = HashMap::from([
                 (LABEL_POD_UID.to_string(), uid.to_string()),
                 (LABEL_POD.to_string(), format!("{}/{}", pod.namespace().unwrap_or("default"), pod.name())),
                 (LABEL_CONTAINER.to_string(), c.name.clone()),
             ]);
             self.rt.create_container(&id, &image, &img.chain_id, &spec, labels).await?;
-            let started = self.rt.start_task(&id, &Self::log_path(&self.cfg.state_dir, uid, &c.name)).await;
+            let log = Self::log_path(&self.cfg.state_dir, uid, &c.name);
+            let out = if tty { self.console_pipe(&id, &log)? } else { log };
+            let started = self.rt.start_task(&id, &out, stdin.as_deref(), tty).await;
             let tr = self.tracks.get_mut(uid).unwrap().containers.get_mut(&c.name).unwrap();
             match started {
                 Ok(_) => {

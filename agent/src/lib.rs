@@ -9,12 +9,16 @@
 //! - [`registry`]: pulling images over the OCI distribution protocol;
 //! - [`network`]: bridge, veth, netns and addresses through rtnetlink;
 //! - [`proxy`]: kube-proxy's iptables mode, KUBE-SERVICES down to KUBE-SEP-*;
-//! - [`debug`]: the agent's own HTTP port (logs, `/debug/proxy`).
+//! - [`exec`]: running a command in a container (`kubectl exec`) through containerd;
+//! - [`streaming`]: the node API the apiserver reaches: logs, exec, attach, port-forward;
+//! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, and the node API).
 
 pub mod client;
 pub mod debug;
+pub mod exec;
 pub mod kubelet;
 pub mod network;
 pub mod proxy;
 pub mod registry;
 pub mod runtime;
+pub mod streaming;

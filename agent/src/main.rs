@@ -72,11 +72,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = Client::new(&flags.apiserver);
     let proxier = Proxier::new(Runner::default(), &flags.cluster_cidr);
-    let state = agent::debug::DebugState { proxy: proxier.stats.clone(), logs: Some((client.clone(), flags.state_dir.clone())) };
-    let listener = tokio::net::TcpListener::bind(flags.listen).await?;
-    tokio::spawn(async move { axum::serve(listener, agent::debug::router(state)).await });
+    let state = agent::debug::DebugState { proxy: proxier.stats.clone() };
     tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
+    let streaming = agent::streaming::Streaming { client: client.clone(), runtime: rt.clone(), state_dir: flags.state_dir.clone() };
+    let listener = tokio::net::TcpListener::bind(flags.listen).await?;
+    tokio::spawn(async move { axum::serve(listener, agent::debug::router(state, Some(streaming))).await });
     let cfg = kubelet::Config {
         node_name: flags.node_name.clone(),
         node_ip,

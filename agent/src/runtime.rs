@@ -52,7 +52,7 @@ impl RuntimeError {
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
-fn req<T>(msg: T) -> Request<T> {
+pub(crate) fn req<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
     r
@@ -117,6 +117,10 @@ impl Runtime {
     pub async fn connect(socket: &Path) -> Result<Runtime> {
         let channel = containerd_client::connect(socket).await?;
         Ok(Runtime { channel })
+    }
+
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
@@ -338,21 +342,25 @@ impl Runtime {
         }
     }
 
-    /// Create and start the container's task, its output appended to `log`.
-    pub async fn start_task(&self, id: &str, log: &Path) -> Result<u32> {
+    /// Create and start the container's task, its output appended to `log`, its stdin
+    /// the FIFO `stdin` (for `kubectl attach`). On a terminal (`tty`: the shim copies the
+    /// console only to a FIFO, not to a file) `log` is the FIFO the kubelet copies from.
+    pub async fn start_task(&self, id: &str, log: &Path, stdin: Option<&Path>, tty: bool) -> Result<u32> {
         let mounts: Vec<Mount> = SnapshotsClient::new(self.channel.clone())
             .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }))
             .await?
             .into_inner()
             .mounts;
-        let uri = format!("file://{}", log.display());
+        let uri = if tty { log.display().to_string() } else { format!("file://{}", log.display()) };
         let mut tasks = TasksClient::new(self.channel.clone());
         let created = tasks
             .create(req(CreateTaskRequest {
                 container_id: id.into(),
                 rootfs: mounts,
                 stdout: uri.clone(),
-                stderr: uri,
+                stderr: if tty { String::new() } else { uri },
+                stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
+                terminal: tty,
                 ..Default::default()
             }))
             .await?

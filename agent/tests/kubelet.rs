@@ -153,8 +153,10 @@ async fn kubelet_runs_restarts_adopts_and_removes_pods() {
     // The agent's own port, for logs.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let dbg = agent::debug::DebugState { proxy: Default::default(), logs: Some((Client::new(&c.base), state.path().to_path_buf())) };
-    tokio::spawn(async move { axum::serve(listener, agent::debug::router(dbg)).await });
+    let dbg = agent::debug::DebugState { proxy: Default::default() };
+    let streaming =
+        agent::streaming::Streaming { client: Client::new(&c.base), runtime: rt.clone(), state_dir: state.path().to_path_buf() };
+    tokio::spawn(async move { axum::serve(listener, agent::debug::router(dbg, Some(streaming))).await });
 
     let task = start_kubelet(&c, &ctd, &node, state.path(), port, &reg).await;
     let (_, n) = c.get("/api/v1/nodes/knode").await;

@@ -63,7 +63,7 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
         let labels = HashMap::from([(runtime::LABEL_POD_UID.to_string(), format!("uid-{name}"))]);
         rt.create_container(&id, "localhost:5000/busybox:test", &img.chain_id, &spec, labels).await.unwrap();
         let log = dir.join("app.log");
-        rt.start_task(&id, &log).await.unwrap();
+        rt.start_task(&id, &log, None, false).await.unwrap();
         pods.push((name, ns_name, ip, id, log));
     }
     // Each pod answers on its own address, from the node and from the other pod's network.

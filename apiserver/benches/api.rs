@@ -2,7 +2,9 @@
 //! so the apiserver's overhead is a ratio. Prints a table; asserts nothing.
 //!
 //! For 1,000 and 10,000 stored pods: p50/p99 of create, get and list (all pods of the
-//! namespace), and the delay from a write to its watch event (apiserver watch vs etcd watch).
+//! namespace, and in pages of `limit=500`), and the delay from a write to its watch event
+//! (apiserver watch vs etcd watch); create with a protobuf body vs a JSON one. The rows
+//! are also written to `results/apiserver.json`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -13,6 +15,42 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
+
+/// Every row printed, for `results/apiserver.json`.
+static ROWS: std::sync::Mutex<Vec<Value>> = std::sync::Mutex::new(Vec::new());
+
+fn row(name: &str, (p50, p99): (f64, f64)) {
+    println!("{name:<34} {p50:>10.3} {p99:>10.3}");
+    ROWS.lock().unwrap().push(json!({"operation": name, "p50_ms": p50, "p99_ms": p99}));
+}
+
+/// The bench pod as protobuf (`k8s\0` + runtime.Unknown), as kubectl 1.32+ would send it.
+fn protobuf_pod(name: &str) -> Vec<u8> {
+    use k8s_pb::api::core::v1 as core;
+    use prost::Message;
+    let c = core::Container {
+        name: Some("main".into()),
+        image: Some("localhost:5000/whoami:latest".into()),
+        env: vec![core::EnvVar { name: Some("MODE".into()), value: Some("benchmark".into()), ..Default::default() }],
+        ..Default::default()
+    };
+    let pod = core::Pod {
+        metadata: Some(k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            labels: [("app".to_string(), "bench".to_string())].into(),
+            ..Default::default()
+        }),
+        spec: Some(core::PodSpec { containers: vec![c], node_name: Some("bench-node".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown {
+        type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta { api_version: Some("v1".into()), kind: Some("Pod".into()) }),
+        raw: Some(pod.encode_to_vec()),
+        content_encoding: Some(String::new()),
+        content_type: Some(String::new()),
+    };
+    [b"k8s\0".to_vec(), unknown.encode_to_vec()].concat()
+}
 
 fn pct(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
@@ -43,7 +81,6 @@ async fn main() {
     let sample = serde_json::to_vec(&bench_pod("raw")).unwrap();
     println!("payload: {} bytes of JSON per pod; etcd {}", sample.len(), c.etcd.url);
     println!("{:<34} {:>10} {:>10}", "operation", "p50 ms", "p99 ms");
-    let row = |name: &str, (p50, p99): (f64, f64)| println!("{name:<34} {p50:>10.3} {p99:>10.3}");
 
     // Raw etcd, same machine, same run.
     let mut puts = vec![];
@@ -123,7 +160,22 @@ async fn main() {
     row("pod Ready -> Endpoints event", pct(ready_lat));
     row("pod deleted -> Endpoints event", pct(gone_lat));
 
-    let mut stored = 0usize;
+    // The same pod created from protobuf and from JSON, alternately.
+    let (mut pb, mut js) = (vec![], vec![]);
+    for i in 0..300 {
+        let body = protobuf_pod(&format!("pb-{i}"));
+        let req = c.http.post(c.url(PODS)).header("Content-Type", "application/vnd.kubernetes.protobuf").body(body);
+        pb.push(timed(async { assert_eq!(req.send().await.unwrap().status(), 201) }).await);
+        let mut j = bench_pod(&format!("js-{i}"));
+        j["metadata"]["annotations"] = json!(null);
+        j["spec"]["containers"][0]["resources"] = json!(null);
+        let req = c.http.post(c.url(PODS)).json(&j);
+        js.push(timed(async { assert_eq!(req.send().await.unwrap().status(), 201) }).await);
+    }
+    row("create pod, protobuf body", pct(pb));
+    row("create pod, JSON body", pct(js));
+    let mut stored = 600usize;
+
     for target in [1_000usize, 10_000] {
         // Fill (not measured), 16 at a time.
         let fill = target - 200;
@@ -167,6 +219,27 @@ async fn main() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["items"].as_array().unwrap().len(), target);
         let list = pct(lists);
+        // The same list in pages of 500, each page asked for with the last one's `continue`.
+        let mut paged = vec![];
+        for _ in 0..rounds {
+            paged.push(
+                timed(async {
+                    let (mut token, mut n) = (String::new(), 0);
+                    loop {
+                        let url = c.url(&format!("{PODS}?limit=500&continue={token}"));
+                        let page: Value = c.http.get(url).send().await.unwrap().json().await.unwrap();
+                        n += page["items"].as_array().unwrap().len();
+                        match page["metadata"]["continue"].as_str() {
+                            Some(t) if !t.is_empty() => token = t.to_string(),
+                            _ => break,
+                        }
+                    }
+                    assert_eq!(n, target);
+                })
+                .await,
+            );
+        }
+        let paged = pct(paged);
         let mut raw_lists = vec![];
         for _ in 0..rounds {
             let opts = etcd_client::GetOptions::new().with_prefix();
@@ -203,6 +276,7 @@ async fn main() {
         row(&format!("create pod [{target}]"), create);
         row(&format!("get pod [{target}]"), get);
         row(&format!("list {target} pods"), list);
+        row(&format!("list {target} pods, pages of 500"), paged);
         row(&format!("etcd range of {target} pods (raw)"), raw_list);
         row(&format!("write -> watch event [{target}]"), watch);
         println!(
@@ -213,4 +287,8 @@ async fn main() {
             watch.0 / raw_watch.0
         );
     }
+    let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../results/apiserver.json");
+    let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/../results"));
+    std::fs::write(out, serde_json::to_vec_pretty(&json!({"benchmark": "apiserver", "rows": *ROWS.lock().unwrap()})).unwrap()).unwrap();
+    println!("wrote {out}");
 }

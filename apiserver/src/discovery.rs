@@ -43,8 +43,8 @@ const ALL_VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "li
 #[rustfmt::skip]
 pub const RESOURCES: &[ResourceInfo] = &[
     ResourceInfo { group: "", version: "v1", name: "namespaces", singular: "namespace", kind: "Namespace", namespaced: false, short: &["ns"], subresources: &["status"] },
-    ResourceInfo { group: "", version: "v1", name: "nodes", singular: "node", kind: "Node", namespaced: false, short: &["no"], subresources: &["status"] },
-    ResourceInfo { group: "", version: "v1", name: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], subresources: &["status", "log"] },
+    ResourceInfo { group: "", version: "v1", name: "nodes", singular: "node", kind: "Node", namespaced: false, short: &["no"], subresources: &["status", "proxy"] },
+    ResourceInfo { group: "", version: "v1", name: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], subresources: &["status", "log", "exec", "attach", "portforward"] },
     ResourceInfo { group: "", version: "v1", name: "services", singular: "service", kind: "Service", namespaced: true, short: &["svc"], subresources: &["status"] },
     ResourceInfo { group: "", version: "v1", name: "endpoints", singular: "endpoints", kind: "Endpoints", namespaced: true, short: &["ep"], subresources: &[] },
     ResourceInfo { group: "", version: "v1", name: "configmaps", singular: "configmap", kind: "ConfigMap", namespaced: true, short: &["cm"], subresources: &[] },
@@ -103,7 +103,11 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
         }
         resources.push(v);
         for sub in r.subresources {
-            let verbs: &[&str] = if *sub == "log" { &["get"] } else { &["get", "patch", "update"] };
+            let verbs: &[&str] = match *sub {
+                "log" | "proxy" => &["get"],
+                "exec" | "attach" | "portforward" => &["create", "get"],
+                _ => &["get", "patch", "update"],
+            };
             resources.push(json!({"name": format!("{}/{sub}", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs}));
         }
     }

@@ -13,6 +13,7 @@
 //!   [`protobuf`]: request bodies in Kubernetes' protobuf (kubectl 1.32+ sends them);
 //! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
 //!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
+//! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory);
 //! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion, default
 //!   service accounts.
@@ -31,6 +32,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod routes;
 pub mod storage;
+pub mod streams;
 pub mod watch;
 
 use pkg::alloc::{Cidr, PortRange};

@@ -14,7 +14,7 @@ use crate::handler::{self, Params, Req};
 use crate::objects::Api;
 use crate::openapi;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -84,6 +84,12 @@ pub fn router(api: Api) -> Router {
             "/openapi/v3/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { openapi::serve(&format!("apis/{g}/{v}")) }),
         );
+    r = r.route(
+        "/api/v1/nodes/{name}/proxy/{*path}",
+        get(|State(api): State<Api>, Path((name, path)): Path<(String, String)>, RawQuery(q): RawQuery| async move {
+            crate::streams::node_proxy(&api, &name, &path, q.as_deref()).await.unwrap_or_else(IntoResponse::into_response)
+        }),
+    );
     for shape in SHAPES {
         r = r.route(&format!("/api/{{version}}{shape}"), any(route)).route(&format!("/apis/{{group}}/{{version}}{shape}"), any(route));
     }
@@ -113,10 +119,18 @@ async fn route(
     State(api): State<Api>,
     method: Method,
     Path(path): Path<HashMap<String, String>>,
-    Query(params): Query<Params>,
+    RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
     let target = Target::from_path(path);
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect();
+    // exec, attach and port-forward upgrade the connection: they take the whole request.
+    if let ("pods", Some(name), Some(sub @ ("exec" | "attach" | "portforward")), Some(ns)) =
+        (target.resource.as_str(), target.name.as_deref(), target.sub.as_deref(), target.ns.as_deref())
+    {
+        return crate::streams::handle(&api, ns, name, sub, pairs, req).await.unwrap_or_else(IntoResponse::into_response);
+    }
+    let params: Params = pairs.into_iter().collect();
     let (parts, body) = req.into_parts();
     let result = async {
         let body = read_body(&parts.headers, body).await?;
@@ -138,7 +152,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 
 async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     if let ("pods", Some(name), Some("log"), Some(ns)) = (t.resource.as_str(), t.name.as_deref(), t.sub.as_deref(), t.ns.as_deref()) {
-        return pod_log(api, ns, name, p).await;
+        return crate::streams::pod_log(api, ns, name, p).await;
     }
     if (t.group.as_str(), t.resource.as_str()) == ("authorization.k8s.io", "selfsubjectaccessreviews") && method == Method::POST {
         return self_subject_access_review(h, &body);
@@ -175,46 +189,4 @@ fn self_subject_access_review(h: &HeaderMap, body: &[u8]) -> Result<Response, Ap
     review["kind"] = json!("SelfSubjectAccessReview");
     review["status"] = json!({"allowed": true, "reason": "ownkube has no authorization: every request is allowed"});
     Ok((StatusCode::CREATED, axum::Json(review)).into_response())
-}
-
-/// `GET …/pods/{name}/log[?container=C]`: fetched from the agent of the pod's node (its
-/// InternalIP and the port it advertises in `daemonEndpoints`), as kube-apiserver does
-/// from the kubelet.
-async fn pod_log(api: &Api, ns: &str, name: &str, p: &Params) -> Result<Response, ApiError> {
-    let pod: Pod = api.get(Some(ns), name).await?;
-    let containers = pod.containers();
-    let container = match p.get("container") {
-        Some(c) => c.clone(),
-        None if containers.len() == 1 => containers[0].name.clone(),
-        None => {
-            let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-            return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: {names:?}")));
-        }
-    };
-    if !containers.iter().any(|c| c.name == container) {
-        return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
-    }
-    let node_name = pod.node_name().ok_or_else(|| ApiError::bad_request(format!("pod {name} is not scheduled yet")))?.to_string();
-    let node: Node = api.get(None, &node_name).await?;
-    let ip = node.internal_ip().ok_or_else(|| ApiError::unavailable(format!("node {node_name} has no InternalIP")))?;
-    let port =
-        node.status.as_ref().and_then(|s| s.daemon_endpoints.as_ref()).and_then(|d| d.kubelet_endpoint.as_ref()).map_or(10250, |e| e.port);
-    let url = format!("http://{ip}:{port}/containerLogs/{ns}/{name}/{container}");
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("cannot reach the agent of node {node_name}: {e}")))?;
-    let code = resp.status();
-    let body = resp.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    if !code.is_success() {
-        return Err(ApiError::new(404, "NotFound", String::from_utf8_lossy(&body).into_owned()));
-    }
-    let mut text = body.to_vec();
-    if let Some(n) = p.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
-        let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
-        text = lines[lines.len().saturating_sub(n)..].concat();
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain")], text).into_response())
 }

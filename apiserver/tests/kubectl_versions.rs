@@ -7,22 +7,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn kubectls() -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir("/usr/lib/google-cloud-sdk/bin")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().to_string_lossy().into_owned())
-        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("kubectl.1.")))
-        .collect();
-    found.sort();
-    found.extend(std::env::var("KUBECTL").ok());
-    if found.is_empty() && Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success()) {
-        found.push("kubectl".into());
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kubectl_version_works() {
     let bins = kubectls();

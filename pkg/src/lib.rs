@@ -7,6 +7,7 @@
 //! - [`managedfields`]: server-side apply (merge, ownership, pruning, conflicts) and `managedFields`;
 //! - [`selector`]: label and field selectors;
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
+//! - [`remotecommand`]: the channels and status of `kubectl exec`/`attach`/`port-forward` streams;
 //! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
 //! - [`endpoints`] and [`scheduler`]: the decisions of the two controllers, as pure functions.
 
@@ -16,6 +17,7 @@ pub mod endpoints;
 pub mod managedfields;
 pub mod patch;
 pub mod proxy;
+pub mod remotecommand;
 pub mod scheduler;
 pub mod selector;
 pub mod validation;

@@ -89,7 +89,13 @@ pub fn busybox_layer() -> Vec<u8> {
     h.set_mode(0o755);
     h.set_size(busybox.len() as u64);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
-    for applet in ["sh", "httpd", "hostname", "ip", "sleep", "cat", "echo", "mkdir", "ls", "wget", "nc", "ifconfig", "true", "false"] {
+    // Every applet busybox has (sh, httpd, tar for `kubectl cp`, ...).
+    let list = std::process::Command::new("busybox")
+        .arg("--list")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for applet in list.lines().filter(|a| !a.is_empty() && *a != "busybox") {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_mode(0o777);

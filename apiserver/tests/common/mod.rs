@@ -169,3 +169,25 @@ pub fn pod(name: &str, labels: Value) -> Value {
         "spec": {"containers": [{"name": "app", "image": "localhost:5000/whoami:latest", "ports": [{"name": "http", "containerPort": 8080}]}]}
     })
 }
+
+/// Every kubectl this machine has: `/usr/lib/google-cloud-sdk/bin/kubectl.1.*`, `$KUBECTL`,
+/// or `kubectl` on the PATH.
+/// `OWNKUBE_KUBECTL=/path` runs only that one (for a quick look at one version).
+pub fn kubectls() -> Vec<String> {
+    if let Ok(only) = std::env::var("OWNKUBE_KUBECTL") {
+        return vec![only];
+    }
+    let mut found: Vec<String> = std::fs::read_dir("/usr/lib/google-cloud-sdk/bin")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("kubectl.1.")))
+        .collect();
+    found.sort();
+    found.extend(std::env::var("KUBECTL").ok());
+    if found.is_empty() && std::process::Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success()) {
+        found.push("kubectl".into());
+    }
+    found
+}
