@@ -9,11 +9,14 @@
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
 //! - [`remotecommand`]: the channels and status of `kubectl exec`/`attach`/`port-forward` streams;
 //! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
+//! - [`kubelet`]: the kubelet's decisions (phase, conditions, restarts, back-off, probes, env,
+//!   volumes, resources, events, CRI logs, the node Lease), as pure functions;
 //! - [`endpoints`] and [`scheduler`]: the decisions of the two controllers, as pure functions.
 
 pub mod alloc;
 pub mod api;
 pub mod endpoints;
+pub mod kubelet;
 pub mod managedfields;
 pub mod patch;
 pub mod proxy;
