@@ -24,9 +24,12 @@ struct Flags {
     node_ip: Option<Ipv4Addr>,
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,
-    /// Where pods' logs, IP assignments and files live.
+    /// Where pods' IP assignments, files, FIFOs and volumes live.
     #[arg(long, default_value = "/var/lib/ownkube")]
     state_dir: PathBuf,
+    /// Where container logs are written (`<ns>_<pod>_<uid>/<container>/<restart>.log`).
+    #[arg(long, default_value = "/var/log/pods")]
+    pod_logs_dir: PathBuf,
     /// The cluster's pod network: traffic to a service from outside it is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
@@ -75,7 +78,12 @@ async fn main() -> anyhow::Result<()> {
     let state = agent::debug::DebugState { proxy: proxier.stats.clone() };
     tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
-    let streaming = agent::streaming::Streaming { client: client.clone(), runtime: rt.clone(), state_dir: flags.state_dir.clone() };
+    let streaming = agent::streaming::Streaming {
+        client: client.clone(),
+        runtime: rt.clone(),
+        state_dir: flags.state_dir.clone(),
+        logs_dir: flags.pod_logs_dir.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
     tokio::spawn(async move { axum::serve(listener, agent::debug::router(state, Some(streaming))).await });
     let cfg = kubelet::Config {
@@ -83,12 +91,13 @@ async fn main() -> anyhow::Result<()> {
         node_ip,
         cluster_cidr: flags.cluster_cidr.clone(),
         state_dir: flags.state_dir.clone(),
+        logs_dir: flags.pod_logs_dir.clone(),
         port: flags.listen.port(),
         registries,
-        heartbeat: Duration::from_secs(10),
+        lease_renew: pkg::kubelet::node::RENEW_EVERY,
         netns: None,
     };
-    let kubelet = Kubelet::start(client.clone(), rt, cfg).await?;
+    let kubelet = Kubelet::start(kubelet::client_for(&flags.apiserver)?, rt, cfg).await?;
     tokio::select! {
         _ = kubelet.run() => {}
         _ = agent::proxy::run(client, proxier, Duration::from_secs(flags.iptables_resync_seconds)) => {}

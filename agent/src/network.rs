@@ -268,6 +268,39 @@ impl Ipam {
     }
 }
 
+/// A TCP connection to `addr` made from inside a network namespace (`None`: this
+/// process's own): a thread of its own joins the namespace, makes the socket (which stays
+/// in that namespace) and ends. Port-forward reaches `localhost` of a pod this way, and
+/// probes reach pods from a node that lives in a namespace of its own (in tests).
+pub async fn connect_in_netns(
+    netns: Option<PathBuf>,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(netns) = netns else {
+        return tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("dial tcp {addr}: i/o timeout")))?;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connect = || -> std::io::Result<std::net::TcpStream> {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::open(&netns)?;
+            // SAFETY: a valid namespace fd; this thread is never used for anything else.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        };
+        let _ = tx.send(connect());
+    });
+    let s = rx.await.map_err(std::io::Error::other)??;
+    tokio::net::TcpStream::from_std(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

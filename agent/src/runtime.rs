@@ -342,31 +342,50 @@ impl Runtime {
         }
     }
 
-    /// Create and start the container's task, its output appended to `log`, its stdin
-    /// the FIFO `stdin` (for `kubectl attach`). On a terminal (`tty`: the shim copies the
-    /// console only to a FIFO, not to a file) `log` is the FIFO the kubelet copies from.
-    pub async fn start_task(&self, id: &str, log: &Path, stdin: Option<&Path>, tty: bool) -> Result<u32> {
+    /// Create and start the container's task with this stdio (paths of FIFOs the kubelet
+    /// reads and writes, or `file://` URIs the shim appends to).
+    pub async fn start_task(&self, id: &str, io: &Stdio) -> Result<u32> {
         let mounts: Vec<Mount> = SnapshotsClient::new(self.channel.clone())
             .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }))
             .await?
             .into_inner()
             .mounts;
-        let uri = if tty { log.display().to_string() } else { format!("file://{}", log.display()) };
         let mut tasks = TasksClient::new(self.channel.clone());
         let created = tasks
             .create(req(CreateTaskRequest {
                 container_id: id.into(),
                 rootfs: mounts,
-                stdout: uri.clone(),
-                stderr: if tty { String::new() } else { uri },
-                stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
-                terminal: tty,
+                stdout: io.stdout.clone(),
+                stderr: if io.terminal { String::new() } else { io.stderr.clone() },
+                stdin: io.stdin.clone(),
+                terminal: io.terminal,
                 ..Default::default()
             }))
             .await?
             .into_inner();
         tasks.start(req(StartRequest { container_id: id.into(), exec_id: String::new() })).await?;
         Ok(created.pid)
+    }
+
+    /// containerd's task events: `(container id, exit code)` when a task exits, `(id, None)`
+    /// when the kernel OOM-killed something in it. The stream ends if containerd goes away.
+    pub async fn task_events(&self) -> Result<impl futures::Stream<Item = (String, Option<u32>)>> {
+        use containerd_client::services::v1::events_client::EventsClient;
+        use prost::Message;
+        let filters = vec!["topic==\"/tasks/exit\"".to_string(), "topic==\"/tasks/oom\"".to_string()];
+        let stream = EventsClient::new(self.channel.clone()).subscribe(req(SubscribeRequest { filters })).await?.into_inner();
+        Ok(stream.filter_map(|e| async move {
+            let e = e.ok()?;
+            let any = e.event?;
+            match e.topic.as_str() {
+                "/tasks/exit" => containerd_client::events::TaskExit::decode(&any.value[..])
+                    .ok()
+                    .filter(|x| x.id == x.container_id)
+                    .map(|x| (x.container_id, Some(x.exit_status))),
+                "/tasks/oom" => containerd_client::events::TaskOom::decode(&any.value[..]).ok().map(|x| (x.container_id, None)),
+                _ => None,
+            }
+        }))
     }
 
     pub async fn task_state(&self, id: &str) -> Result<TaskState> {
@@ -469,6 +488,34 @@ pub fn process_env(image: &ImageConfig, env: &[(String, String)]) -> Vec<String>
 }
 
 /// Files every container of a pod shares: /etc/hosts, /etc/hostname, /etc/resolv.conf.
+/// The cgroup every container of the agent runs in (below the node's own).
+pub fn cgroup_path(id: &str) -> String {
+    format!("/ownkube/{id}")
+}
+
+/// Whether the kernel OOM-killed something in a container's cgroup (v2 `memory.events`,
+/// v1 `memory.oom_control`), for an exit whose OOM event was missed.
+pub fn oom_killed(id: &str) -> bool {
+    let count = |path: String, key: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok())))
+    };
+    let p = cgroup_path(id);
+    count(format!("/sys/fs/cgroup{p}/memory.events"), "oom_kill ")
+        .or_else(|| count(format!("/sys/fs/cgroup/memory{p}/memory.oom_control"), "oom_kill "))
+        .is_some_and(|n| n > 0)
+}
+
+/// A task's stdin, stdout and stderr: FIFO paths (or `file://` URIs); empty: none.
+#[derive(Clone, Debug, Default)]
+pub struct Stdio {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
 pub struct PodFiles {
     pub hosts: PathBuf,
     pub hostname: PathBuf,

@@ -3,8 +3,8 @@
 //! plain HTTP; the others are WebSockets speaking the `v5.channel.k8s.io` channel
 //! protocol ([`pkg::remotecommand`]).
 //!
-//! - `GET /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&limitBytes=`: the
-//!   container's output (stdout and stderr as written), to the end or as it grows;
+//! - `GET /containerLogs/{ns}/{pod}/{container}?follow=&previous=&timestamps=&tailLines=&limitBytes=&sinceSeconds=`:
+//!   the container's output, from the CRI log the kubelet writes, to its end or as it grows;
 //! - `GET /exec/{ns}/{pod}/{container}?command=..&stdin=..&stdout=..&stderr=..&tty=..`:
 //!   a new process in the container ([`crate::exec`]);
 //! - `GET /attach/{ns}/{pod}/{container}?...`: the container's own process: its output
@@ -37,6 +37,8 @@ pub struct Streaming {
     pub client: Client,
     pub runtime: Runtime,
     pub state_dir: PathBuf,
+    /// Where the kubelet writes container logs.
+    pub logs_dir: PathBuf,
 }
 
 pub fn router(s: Streaming) -> axum::Router {
@@ -77,73 +79,98 @@ fn upgrade(ws: WebSocketUpgrade, f: impl FnOnce(WebSocket) -> futures::future::B
     ws.protocols([rc::V5]).on_upgrade(f)
 }
 
-/// Where to start in a log of `len` bytes for `tailLines` (the last N lines) and
-/// `limitBytes` is applied by the reader.
-fn tail_start(log: &[u8], lines: Option<usize>) -> usize {
-    let Some(n) = lines else { return 0 };
-    let body = log.strip_suffix(b"\n").unwrap_or(log);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return i + 1;
-            }
+/// The log file of a container's current run, or its previous one (`previous=true`).
+fn log_file(s: &Streaming, p: &Pod, container: &str, previous: bool) -> Result<PathBuf, String> {
+    let st = p
+        .container_statuses()
+        .iter()
+        .chain(p.status.as_ref().and_then(|s| s.init_container_statuses.as_deref()).unwrap_or(&[]))
+        .find(|c| c.name == container)
+        .cloned();
+    let pod = p.name();
+    let Some(st) = st else { return Err(format!("container \"{container}\" in pod \"{pod}\" is waiting to start - no logs yet")) };
+    if previous {
+        if st.restart_count == 0 || st.last_state.as_ref().and_then(|l| l.terminated.as_ref()).is_none() {
+            return Err(format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"));
         }
+        return Ok(crate::kubelet::logs::file(&s.logs_dir, p, container, st.restart_count - 1));
     }
-    if n == 0 {
-        log.len()
-    } else {
-        0
+    if let Some(w) = st.state.as_ref().and_then(|s| s.waiting.as_ref()).filter(|_| st.restart_count == 0) {
+        let why = match w.reason.as_deref() {
+            Some("ErrImagePull") => "image can't be pulled".to_string(),
+            Some("ImagePullBackOff") => "trying and failing to pull image".to_string(),
+            Some(r) => r.to_string(),
+            None => "no logs yet".to_string(),
+        };
+        return Err(format!("container \"{container}\" in pod \"{pod}\" is waiting to start: {why}"));
     }
+    Ok(crate::kubelet::logs::file(&s.logs_dir, p, container, st.restart_count))
 }
 
-/// `GET /containerLogs/{ns}/{pod}/{container}`.
+/// `GET /containerLogs/{ns}/{pod}/{container}?follow=&previous=&timestamps=&tailLines=&limitBytes=&sinceSeconds=&sinceTime=`:
+/// the CRI log of the container's run, as `kubectl logs` shows it ([`pkg::kubelet::logs::Reader`]).
 pub async fn logs(
     State(s): State<Streaming>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
 ) -> Response {
+    use pkg::kubelet::logs as cri;
     let q = query_pairs(&q);
-    let (p, _) = match resolve(&s, &ns, &pod, &container).await {
+    let (p, id) = match resolve(&s, &ns, &pod, &container).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };
-    let path = crate::kubelet::Kubelet::log_path(&s.state_dir, p.uid().unwrap_or_default(), &container);
-    let Ok(all) = tokio::fs::read(&path).await else {
-        return refuse(StatusCode::NOT_FOUND, format!("no logs for container {container} of pod {ns}/{pod}"));
+    let path = match log_file(&s, &p, &container, query_bool(first(&q, "previous"))) {
+        Ok(f) => f,
+        Err(msg) => return refuse(StatusCode::BAD_REQUEST, msg),
     };
-    let tail = first(&q, "tailLines").and_then(|n| n.parse().ok());
-    let limit = first(&q, "limitBytes").and_then(|n| n.parse::<u64>().ok()).unwrap_or(u64::MAX);
-    let start = tail_start(&all, tail);
+    let num = |k: &str| first(&q, k).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0);
+    let since = match (first(&q, "sinceTime").and_then(|t| t.parse::<jiff::Timestamp>().ok()), num("sinceSeconds")) {
+        (Some(t), _) => Some(t.as_nanosecond()),
+        (None, Some(secs)) => Some(jiff::Timestamp::now().as_nanosecond() - i128::from(secs) * 1_000_000_000),
+        _ => None,
+    };
+    let opts = cri::Options {
+        tail_lines: num("tailLines").map(|n| n as usize),
+        limit_bytes: num("limitBytes").map(|n| n as u64),
+        since_nanos: since,
+        timestamps: query_bool(first(&q, "timestamps")),
+    };
+    let all = tokio::fs::read(&path).await.unwrap_or_default();
     let text = |b: Vec<u8>| ([(axum::http::header::CONTENT_TYPE, "text/plain")], b).into_response();
     if !query_bool(first(&q, "follow")) {
-        let end = all.len().min(start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)));
-        return text(all[start..end].to_vec());
+        return text(cri::read_all(&all, &opts));
     }
-    // Follow: what is there, then what the container writes, until the client goes away.
-    let stream = futures::stream::unfold((path, start as u64, limit), |(path, mut at, mut left)| async move {
+    // Follow: what is there, then what the container writes, until it stops (or the client goes).
+    let start = cri::tail_start(&all, opts.tail_lines) as u64;
+    let state = (path, start, cri::Reader::new(cri::Options { tail_lines: None, ..opts }), s.runtime.clone(), id, false);
+    let stream = futures::stream::unfold(state, |(path, mut at, mut reader, rt, id, mut done)| async move {
+        use tokio::io::AsyncSeekExt;
         loop {
-            if left == 0 {
+            if done {
                 return None;
             }
-            let Ok(mut f) = tokio::fs::File::open(&path).await else { return None }; // the pod is gone
-            {
-                use tokio::io::AsyncSeekExt;
+            let mut grew = false;
+            if let Ok(mut f) = tokio::fs::File::open(&path).await {
                 let mut buf = vec![0u8; 32 * 1024];
                 if f.seek(std::io::SeekFrom::Start(at)).await.is_ok() {
                     if let Ok(n) = f.read(&mut buf).await {
-                        if n > 0 {
-                            let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
-                            buf.truncate(n);
-                            at += n as u64;
-                            left -= n as u64;
-                            return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (path, at, left)));
+                        at += n as u64;
+                        grew = n > 0;
+                        let (out, limit_reached) = reader.feed(&buf[..n]);
+                        done = limit_reached;
+                        if !out.is_empty() {
+                            return Some((Ok::<_, std::io::Error>(Bytes::from(out)), (path, at, reader, rt, id, done)));
                         }
                     }
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if !grew && !matches!(rt.task_state(&id).await, Ok(crate::runtime::TaskState::Running { .. })) {
+                return None; // the container stopped: the log is complete
+            }
+            if !grew {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
         }
     });
     ([(axum::http::header::CONTENT_TYPE, "text/plain")], axum::body::Body::from_stream(stream)).into_response()
@@ -285,9 +312,10 @@ pub async fn attach(
     };
     let spec = p.containers().iter().find(|c| c.name == container).cloned().unwrap_or_default();
     let uid = p.uid().unwrap_or_default().to_string();
-    let log = crate::kubelet::Kubelet::log_path(&s.state_dir, &uid, &container);
-    let stdin_pipe = (query_bool(first(&q, "stdin")) && spec.stdin == Some(true))
-        .then(|| crate::kubelet::Kubelet::stdin_path(&s.state_dir, &uid, &container));
+    let restarts = p.container_statuses().iter().find(|c| c.name == container).map_or(0, |c| c.restart_count);
+    let log = crate::kubelet::logs::file(&s.logs_dir, &p, &container, restarts);
+    let stdin_pipe =
+        (query_bool(first(&q, "stdin")) && spec.stdin == Some(true)).then(|| crate::kubelet::stdin_path(&s.state_dir, &uid, &container));
     let once = spec.stdin_once == Some(true);
     let rt = s.runtime.clone();
     upgrade(ws, move |socket| Box::pin(run_attach(socket, rt, id, log, stdin_pipe, once)))
@@ -343,23 +371,25 @@ async fn run_attach(socket: WebSocket, rt: Runtime, id: String, log: PathBuf, st
     let _ = written.await;
 }
 
-/// Send what is appended to a file from `at` on, as stdout messages.
+/// Send what is appended to a CRI log from `at` on, as stdout messages (the lines' text).
 async fn follow_to(path: PathBuf, mut at: u64, out: mpsc::Sender<Message>) {
     use tokio::io::AsyncSeekExt;
     let mut buf = vec![0u8; 32 * 1024];
+    let mut reader = pkg::kubelet::logs::Reader::new(Default::default());
     loop {
-        let Ok(mut f) = tokio::fs::File::open(&path).await else { return };
-        if f.seek(std::io::SeekFrom::Start(at)).await.is_err() {
-            return;
-        }
-        loop {
-            match f.read(&mut buf[1..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    at += n as u64;
-                    buf[0] = rc::STDOUT;
-                    if out.send(Message::Binary(Bytes::copy_from_slice(&buf[..=n]))).await.is_err() {
-                        return;
+        if let Ok(mut f) = tokio::fs::File::open(&path).await {
+            if f.seek(std::io::SeekFrom::Start(at)).await.is_err() {
+                return;
+            }
+            loop {
+                match f.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        at += n as u64;
+                        let (text, _) = reader.feed(&buf[..n]);
+                        if !text.is_empty() && out.send(Message::Binary([&[rc::STDOUT][..], &text].concat().into())).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -387,32 +417,10 @@ pub async fn port_forward(
     upgrade(ws, move |socket| Box::pin(run_port_forward(socket, netns, port)))
 }
 
-/// Connect to `127.0.0.1:port` from inside a network namespace: a thread of its own
-/// joins it, makes the socket (which stays in that namespace) and ends.
-pub async fn connect_in_netns(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let connect = || -> std::io::Result<std::net::TcpStream> {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(&netns)?;
-            // SAFETY: a valid namespace fd; this thread is never used for anything else.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), std::time::Duration::from_secs(5))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        };
-        let _ = tx.send(connect());
-    });
-    let s = rx.await.map_err(std::io::Error::other)??;
-    tokio::net::TcpStream::from_std(s)
-}
-
 async fn run_port_forward(socket: WebSocket, netns: PathBuf, port: u16) {
     let (sink, mut stream) = socket.split();
     let (out, written) = writer(sink);
-    let conn = match connect_in_netns(netns, port).await {
+    let conn = match crate::network::connect_in_netns(Some(netns), ([127, 0, 0, 1], port).into(), std::time::Duration::from_secs(5)).await {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("error forwarding port {port} to pod: {e}");

@@ -127,15 +127,16 @@ async fn start_kubelet(
         node_ip: "127.0.0.1".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".into(),
         state_dir: state.to_path_buf(),
+        logs_dir: state.join("logs"),
         port,
         registries: Registries {
             insecure: vec![],
             mirrors: HashMap::from([("localhost:5000".into(), format!("http://127.0.0.1:{}", reg.port))]),
         },
-        heartbeat: Duration::from_secs(2),
+        lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
     };
-    let k = Kubelet::start(Client::new(&c.base), ctd.runtime().await, cfg).await.expect("kubelet starts");
+    let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), ctd.runtime().await, cfg).await.expect("kubelet starts");
     tokio::spawn(k.run())
 }
 
@@ -154,8 +155,12 @@ async fn kubelet_runs_restarts_adopts_and_removes_pods() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let dbg = agent::debug::DebugState { proxy: Default::default() };
-    let streaming =
-        agent::streaming::Streaming { client: Client::new(&c.base), runtime: rt.clone(), state_dir: state.path().to_path_buf() };
+    let streaming = agent::streaming::Streaming {
+        client: Client::new(&c.base),
+        runtime: rt.clone(),
+        state_dir: state.path().to_path_buf(),
+        logs_dir: state.path().join("logs"),
+    };
     tokio::spawn(async move { axum::serve(listener, agent::debug::router(dbg, Some(streaming))).await });
 
     let task = start_kubelet(&c, &ctd, &node, state.path(), port, &reg).await;

@@ -63,7 +63,9 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
         let labels = HashMap::from([(runtime::LABEL_POD_UID.to_string(), format!("uid-{name}"))]);
         rt.create_container(&id, "localhost:5000/busybox:test", &img.chain_id, &spec, labels).await.unwrap();
         let log = dir.join("app.log");
-        rt.start_task(&id, &log, None, false).await.unwrap();
+        let out = format!("file://{}", log.display());
+        let io = agent::runtime::Stdio { stdout: out.clone(), stderr: out, ..Default::default() };
+        rt.start_task(&id, &io).await.unwrap();
         pods.push((name, ns_name, ip, id, log));
     }
     // Each pod answers on its own address, from the node and from the other pod's network.

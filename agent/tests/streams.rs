@@ -34,8 +34,12 @@ async fn exec_cp_port_forward_attach_and_logs_through_the_apiserver() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let streaming =
-        agent::streaming::Streaming { client: Client::new(&c.base), runtime: rt.clone(), state_dir: state.path().to_path_buf() };
+    let streaming = agent::streaming::Streaming {
+        client: Client::new(&c.base),
+        runtime: rt.clone(),
+        state_dir: state.path().to_path_buf(),
+        logs_dir: state.path().join("logs"),
+    };
     let dbg = agent::debug::DebugState { proxy: Default::default() };
     tokio::spawn(async move { axum::serve(listener, agent::debug::router(dbg, Some(streaming))).await });
     let cfg = kubelet::Config {
@@ -43,12 +47,13 @@ async fn exec_cp_port_forward_attach_and_logs_through_the_apiserver() {
         node_ip: "127.0.0.1".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".into(),
         state_dir: state.path().to_path_buf(),
+        logs_dir: state.path().join("logs"),
         port,
         registries: Registries::default(),
-        heartbeat: Duration::from_secs(2),
+        lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
     };
-    let k = Kubelet::start(Client::new(&c.base), rt.clone(), cfg).await.expect("kubelet starts");
+    let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), rt.clone(), cfg).await.expect("kubelet starts");
     tokio::spawn(k.run());
 
     let pod = json!({"metadata": {"name": "shell"}, "spec": {"terminationGracePeriodSeconds": 1,

@@ -168,11 +168,25 @@ async fn nodes_without_heartbeats_become_not_ready() {
     let c = Cluster::start_with(|cfg| cfg.node_monitor_grace_period = Duration::from_secs(2)).await;
     c.ready_node("node1", "172.30.0.11", json!({})).await;
     c.ready_node("node2", "172.30.0.12", json!({})).await;
-    // node1 keeps beating, node2 falls silent.
+    c.ready_node("node3", "172.30.0.13", json!({})).await;
+    // node1 keeps beating through its status, node3 through its Lease; node2 falls silent.
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+    let renew = |i: i64| {
+        let body = json!({"metadata": {"name": "node3"}, "spec": {"holderIdentity": "node3", "leaseDurationSeconds": 40, "renewTime": format!("2026-12-01T10:00:{i:02}.000000Z")}});
+        let c = &c;
+        async move {
+            if c.post(LEASES, &body).await.0 == 409 {
+                let (_, mut l) = c.get(&format!("{LEASES}/node3")).await;
+                l["spec"] = body["spec"].clone();
+                c.put(&format!("{LEASES}/node3"), &l).await;
+            }
+        }
+    };
     let ready = |n: &Value| n["status"]["conditions"][0]["status"].as_str().map(String::from);
     let beats = async {
-        for _ in 0..12 {
+        for i in 0..12 {
             c.heartbeat("node1", "172.30.0.11").await;
+            renew(i).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
@@ -180,7 +194,8 @@ async fn nodes_without_heartbeats_become_not_ready() {
     let (_, n1) = c.get("/api/v1/nodes/node1").await;
     let (_, n2) = c.get("/api/v1/nodes/node2").await;
     assert_eq!(ready(&n1).as_deref(), Some("True"));
-    assert_eq!(ready(&n2).as_deref(), Some("False"), "{n2}");
+    assert_eq!(ready(&c.get("/api/v1/nodes/node3").await.1).as_deref(), Some("True"), "a renewed Lease is a heartbeat");
+    assert_eq!(ready(&n2).as_deref(), Some("Unknown"), "{n2}");
     assert_eq!(n2["status"]["conditions"][0]["reason"], "NodeStatusUnknown");
     // The node keeps its CIDR and becomes Ready again when it beats again.
     c.heartbeat("node2", "172.30.0.12").await;

@@ -1,7 +1,8 @@
 //! The node lifecycle controller (part of kube-controller-manager): a node whose kubelet
-//! has not posted a new heartbeat for `--node-monitor-grace-period` (40 s by default)
-//! becomes `Ready=False`, so the scheduler stops placing pods there. Like Kubernetes, it
-//! times heartbeats by its own clock (when it *saw* the heartbeat change), not the node's.
+//! has neither renewed its Lease (in `kube-node-lease`, every 10 s) nor posted its status
+//! for `--node-monitor-grace-period` (40 s by default) becomes `Ready=Unknown`
+//! (`NodeStatusUnknown`), so the scheduler stops placing pods there. Like Kubernetes, it
+//! times heartbeats by its own clock (when it *saw* one change), not the node's.
 //!
 //! It also does podgc's orphan sweep: a pod being deleted on a node that no longer exists
 //! has nobody to finish the delete, so it is removed here.
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 pub fn spawn(api: Api, grace: Duration) {
     tokio::spawn(async move {
         // node name -> (last heartbeat seen, when we first saw it)
-        let mut seen: HashMap<String, (Option<Time>, Instant)> = HashMap::new();
+        let mut seen: HashMap<String, (Beat, Instant)> = HashMap::new();
         let period = (grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             tokio::time::sleep(period).await;
@@ -25,26 +26,32 @@ pub fn spawn(api: Api, grace: Duration) {
     });
 }
 
-async fn pass(api: &Api, grace: Duration, seen: &mut HashMap<String, (Option<Time>, Instant)>) -> Result<(), crate::error::ApiError> {
+/// A node's two heartbeats: its Ready condition's `lastHeartbeatTime`, and its Lease's `renewTime`.
+type Beat = (Option<Time>, Option<MicroTime>);
+
+async fn pass(api: &Api, grace: Duration, seen: &mut HashMap<String, (Beat, Instant)>) -> Result<(), crate::error::ApiError> {
     let (nodes, _) = api.list::<Node>(None).await?;
+    let (leases, _) = api.list::<Lease>(Some(pkg::kubelet::node::LEASE_NAMESPACE)).await?;
     let now = Instant::now();
     seen.retain(|name, _| nodes.iter().any(|n| n.name() == name));
     for node in &nodes {
-        let beat = node.node_condition("Ready").and_then(|c| c.last_heartbeat_time.clone());
+        let status_beat = node.node_condition("Ready").and_then(|c| c.last_heartbeat_time.clone());
+        let renewed = leases.iter().find(|l| l.name() == node.name()).and_then(|l| l.spec.as_ref()?.renew_time.clone());
+        let beat = (status_beat.clone(), renewed);
         let entry = seen.entry(node.name().to_string()).or_insert((beat.clone(), now));
         if entry.0 != beat {
             *entry = (beat, now);
         }
         if node.is_ready() && now.duration_since(entry.1) > grace {
-            tracing::warn!(node = %node.name(), "node stopped posting status: marking it NotReady");
+            tracing::warn!(node = %node.name(), "node stopped renewing its lease and posting status: marking it Unknown");
             let t = pkg::api::now();
             api.modify::<Node>(None, node.name(), true, |n| {
                 let conditions = n.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
                 let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Ready") else { return false };
-                if c.status != "True" || c.last_heartbeat_time != entry.0 {
+                if c.status != "True" || c.last_heartbeat_time != status_beat {
                     return false; // it came back meanwhile
                 }
-                c.status = "False".into();
+                c.status = "Unknown".into();
                 c.reason = Some("NodeStatusUnknown".into());
                 c.message = Some("Kubelet stopped posting node status.".into());
                 c.last_transition_time = Some(t.clone());

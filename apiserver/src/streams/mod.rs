@@ -194,18 +194,17 @@ pub async fn pod_log(api: &Api, ns: &str, name: &str, p: &HashMap<String, String
     let container = container_of(&pod, p.get("container").map(String::as_str))?;
     let base = agent_base(api, &pod).await?;
     let mut q = vec![];
-    for k in ["follow", "tailLines", "limitBytes"] {
-        if let Some(v) = p.get(k) {
-            if k != "follow" && v.parse::<u64>().is_err() {
-                return Err(ApiError::bad_request(format!("{k}: invalid value {v:?}")));
-            }
-            q.push((k.to_string(), v.clone()));
+    for k in ["follow", "previous", "timestamps", "tailLines", "limitBytes", "sinceSeconds", "sinceTime"] {
+        let Some(v) = p.get(k) else { continue };
+        let ok = match k {
+            "follow" | "previous" | "timestamps" => ["true", "false", "1", "0", ""].contains(&v.as_str()),
+            "sinceTime" => v.parse::<jiff::Timestamp>().is_ok(),
+            _ => v.parse::<u64>().is_ok(),
+        };
+        if !ok {
+            return Err(ApiError::bad_request(format!("{k}: invalid value {v:?}")));
         }
-    }
-    for k in ["previous", "timestamps", "sinceSeconds", "sinceTime"] {
-        if p.get(k).is_some_and(|v| v != "false") {
-            return Err(ApiError::bad_request(format!("{k} is not supported by ownkube's logs (one file per container, no timestamps)")));
-        }
+        q.push((k.to_string(), v.clone()));
     }
     let url = format!("{base}/containerLogs/{ns}/{name}/{container}?{}", encode(&q, &[]));
     let follow = p.get("follow").is_some_and(|v| v == "true");
@@ -215,8 +214,9 @@ pub async fn pod_log(api: &Api, ns: &str, name: &str, p: &HashMap<String, String
     }
     let resp = rq.send().await.map_err(|e| ApiError::unavailable(format!("cannot reach the agent of pod {name}: {e}")))?;
     if !resp.status().is_success() {
+        let code = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        return Err(ApiError::new(404, "NotFound", text));
+        return Err(if code == 400 { ApiError::bad_request(text) } else { ApiError::new(404, "NotFound", text) });
     }
     let body = Body::from_stream(resp.bytes_stream());
     Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
