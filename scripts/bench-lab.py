@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Lab benchmark (run by `scripts/bench lab` against a lab that is up). Prints numbers,
-asserts nothing:
+writes results/lab.json, asserts nothing:
 
-- pods: 20 pods (image already on the nodes), creation -> Running with a podIP, p50/p99,
-  beside `ctr run -d` of the same image on node1 in the same run (containerd directly);
+- pods: single pods one at a time, then bursts of 20 and 100 created together (image
+  already on the nodes), creation -> Running with a podIP, p50/p99, each beside the same
+  number of `ctr run -d` started together on the same nodes (containerd directly); during
+  the 100-pod burst, the longest gap between the nodes' Lease renewals;
 - services: 20 NodePort services, creation -> NodeIP:nodePort answering on every node;
 - requests/s through NodeIP:nodePort beside requests/s straight to a pod IP, both from
   inside node1 (the host has no route to pod IPs, and none is added).
 """
-import json, subprocess, sys, time, urllib.request
+import json, os, subprocess, sys, threading, time, urllib.request
 
 API = "http://127.0.0.1:8080"
 NODES = {"node1": "172.30.0.11", "node2": "172.30.0.12"}
@@ -34,7 +36,8 @@ def pct(xs):
 def pod(name, label):
     return {"metadata": {"name": name, "labels": {"app": label}},
             "spec": {"terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "whoami", "image": IMAGE, "ports": [{"name": "http", "containerPort": 8080}]}]}}
+                     "containers": [{"name": "whoami", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
+                                     "ports": [{"name": "http", "containerPort": 8080}]}]}}
 
 
 def wait_running(names, created, timeout=180):
@@ -53,6 +56,51 @@ def sh(*args):
     return subprocess.run(args, capture_output=True, text=True)
 
 
+def ctr_burst(n):
+    """n `ctr run -d` started together, split over the nodes; each one's own duration."""
+    per = {node: [i for i in range(n) if i % len(NODES) == k] for k, node in enumerate(NODES)}
+    out = []
+    def run(node, ids):
+        script = " ".join(f"(t0=$(date +%s%N); ctr -n k8s.io run -d --null-io {IMAGE} ctr-{n}-{i} >/dev/null 2>&1; echo $(( $(date +%s%N) - t0 ))) &" for i in ids) + " wait"
+        r = sh("docker", "exec", node, "sh", "-c", script)
+        out.extend(int(x) / 1e9 for x in r.stdout.split())
+    threads = [threading.Thread(target=run, args=(node, ids)) for node, ids in per.items()]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for node, ids in per.items():
+        kill = " ".join(f"ctr -n k8s.io task kill -s SIGKILL ctr-{n}-{i};" for i in ids)
+        rm = " ".join(f"ctr -n k8s.io task rm -f ctr-{n}-{i}; ctr -n k8s.io container rm ctr-{n}-{i};" for i in ids)
+        sh("docker", "exec", node, "sh", "-c", f"{kill} sleep 1; {rm}")
+    return pct(out) if out else (float("nan"), float("nan"))
+
+
+def watch_leases():
+    """Poll the nodes' Leases in the background; the returned function stops and gives
+    the longest time between two renewals seen."""
+    stop, gaps, last = threading.Event(), [0.0], {}
+    def loop():
+        while not stop.is_set():
+            for node in NODES:
+                l = req("GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}")
+                rt = (l or {}).get("spec", {}).get("renewTime")
+                now = time.time()
+                prev = last.get(node)
+                if prev is None or prev[0] != rt:
+                    if prev is not None:
+                        gaps[0] = max(gaps[0], now - prev[1])
+                    last[node] = (rt, now)
+            time.sleep(0.2)
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    def done():
+        stop.set()
+        th.join()
+        return gaps[0]
+    return done
+
+
 def main():
     # Warm up: the image on both nodes (pulled once), so the measured pods find it present.
     warm = [f"warm-{n}" for n in NODES]
@@ -62,30 +110,51 @@ def main():
         req("POST", "/api/v1/namespaces/default/pods", p)
     wait_running(set(warm), {n: time.time() for n in warm})
 
-    names = [f"bench-{i}" for i in range(20)]
-    created = {}
-    for n in names:
-        created[n] = time.time()
-        req("POST", "/api/v1/namespaces/default/pods", pod(n, "bench"))
-    done = wait_running(set(names), created)
-    p50, p99 = pct(list(done.values()))
-    print(f"pod creation -> Running with podIP (20 pods, created back to back): p50 {p50:.0f} ms  p99 {p99:.0f} ms  ({len(done)}/20 Running)")
-
-    ctr = []
-    for i in range(20):
+    results = {"benchmark": "lab", "pods": {}}
+    # Single pods, one at a time.
+    single = []
+    for i in range(10):
+        n = f"single-{i}"
         t = time.time()
-        r = sh("docker", "exec", "node1", "ctr", "-n", "k8s.io", "run", "-d", "--null-io", IMAGE, f"ctr-bench-{i}")
-        ctr.append(time.time() - t)
-        if r.returncode != 0:
-            print("ctr run failed:", r.stderr.strip(), file=sys.stderr)
-    c50, c99 = pct(ctr)
-    print(f"ctr run -d of the same image on node1 (20 containers, one after another): p50 {c50:.0f} ms  p99 {c99:.0f} ms  -> ratio p50 {p50 / c50:.1f}x")
-    for i in range(20):
-        sh("docker", "exec", "node1", "ctr", "-n", "k8s.io", "task", "kill", "-s", "SIGKILL", f"ctr-bench-{i}")
-    time.sleep(1)
-    for i in range(20):
-        sh("docker", "exec", "node1", "ctr", "-n", "k8s.io", "task", "rm", "-f", f"ctr-bench-{i}")
-        sh("docker", "exec", "node1", "ctr", "-n", "k8s.io", "container", "rm", f"ctr-bench-{i}")
+        req("POST", "/api/v1/namespaces/default/pods", pod(n, "bench"))
+        single += list(wait_running({n}, {n: t}).values())
+        req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
+    s50, s99 = pct(single)
+    print(f"single pod creation -> Running with podIP (10, one at a time): p50 {s50:.0f} ms  p99 {s99:.0f} ms")
+    results["pods"]["single"] = {"p50_ms": s50, "p99_ms": s99, "n": len(single)}
+    time.sleep(2)
+
+    names = []
+    for burst in (20, 100):
+        batch = [f"bench-{burst}-{i}" for i in range(burst)]
+        created = {}
+        lease_gaps = watch_leases() if burst == 100 else None
+        threads = []
+        for n in batch:
+            created[n] = time.time()
+            th = threading.Thread(target=req, args=("POST", "/api/v1/namespaces/default/pods", pod(n, "bench")))
+            th.start()
+            threads.append(th)
+        for th in threads:
+            th.join()
+        done = wait_running(set(batch), created)
+        p50, p99 = pct(list(done.values()))
+        c50, c99 = ctr_burst(burst)
+        line = f"burst of {burst} pods -> Running with podIP: p50 {p50:.0f} ms  p99 {p99:.0f} ms ({len(done)}/{burst});  {burst} ctr run -d together: p50 {c50:.0f} ms  p99 {c99:.0f} ms"
+        entry = {"p50_ms": p50, "p99_ms": p99, "running": len(done), "ctr_p50_ms": c50, "ctr_p99_ms": c99}
+        if lease_gaps is not None:
+            gap = lease_gaps()
+            line += f";  longest Lease renewal gap {gap:.1f} s"
+            entry["longest_lease_gap_s"] = gap
+        print(line)
+        results["pods"][f"burst_{burst}"] = entry
+        for n in batch:
+            req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
+        time.sleep(5)
+    names = ["bench-0"]
+    first = pod("bench-0", "bench")
+    req("POST", "/api/v1/namespaces/default/pods", first)
+    wait_running({"bench-0"}, {"bench-0": time.time()})
 
     svc_times = []
     for i in range(20):
@@ -117,10 +186,16 @@ def main():
     rd, rv = float(direct.split()[0]), float(via.split()[0])
     print(f"NodePort / direct throughput ratio: {rv / rd:.2f}")
 
+    results["service_to_nodeport"] = {"p50_ms": s50, "p99_ms": s99}
+    results["requests_per_second"] = {"direct": rd, "nodeport": rv, "ratio": rv / rd}
     for i in range(20):
         req("DELETE", f"/api/v1/namespaces/default/services/bench-{i}")
     for n in names + warm:
         req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
+    os.makedirs("results", exist_ok=True)
+    with open("results/lab.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print("wrote results/lab.json")
 
 
 if __name__ == "__main__":

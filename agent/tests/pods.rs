@@ -38,6 +38,15 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
     let node = Netns::new("kp");
     let state = tempfile::tempdir().unwrap();
     import(&rt, IMAGE, busybox_image(&["sh"])).await;
+    // A registry that answers nothing for a minute: a pull from it is slow.
+    let stall = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = stall.accept().await {
+            held.push(s);
+        }
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let streaming = agent::streaming::Streaming {
@@ -56,7 +65,10 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         state_dir: state.path().to_path_buf(),
         logs_dir: state.path().join("logs"),
         port,
-        registries: Registries::default(),
+        registries: Registries {
+            mirrors: [("slow.local".to_string(), format!("http://127.0.0.1:{stall_port}"))].into(),
+            ..Default::default()
+        },
         lease_renew: Duration::from_secs(1),
         netns: Some(node.name.clone()),
     };
@@ -112,9 +124,20 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         json!({"restartPolicy": "Never", "containers": [container("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived")]}),
     );
     oom["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "16Mi"}});
+    // First a pod whose image pull hangs: no other pod, nor the heartbeat, waits for it.
+    c.create(&format!("{NS}/pods"), pod("slow", json!({"containers": [{"name": "main", "image": "slow.local/never:v1"}]}))).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
     for p in [probed("ready", true), probed("unready", false), conf, init, live, oom] {
         c.create(&format!("{NS}/pods"), p).await;
     }
+    eventually(30, "a pod starts while another's pull hangs", || async {
+        (get(format!("{NS}/pods/ready")).await["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let pulling = get(format!("{NS}/pods/slow")).await;
+    assert_eq!(pulling["status"]["phase"], "Pending", "{pulling}");
 
     // Readiness: only the pod whose probe succeeds is an endpoint.
     let eps = eventually(60, "endpoints: one ready, one not", || async {
@@ -188,4 +211,8 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
     assert!(first.is_string(), "{first}");
     eventually(10, "the lease is renewed", || async { (lease(()).await["spec"]["renewTime"] != first).then_some(()) }).await;
     assert_eq!(lease(()).await["spec"]["holderIdentity"], "pnode");
+
+    // Deleting the pod whose pull hangs cancels the pull: the pod goes.
+    c.delete(&format!("{NS}/pods/slow")).await;
+    eventually(20, "the hanging pod is deleted", || async { (c.get(&format!("{NS}/pods/slow")).await.0 == 404).then_some(()) }).await;
 }

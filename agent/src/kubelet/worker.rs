@@ -70,6 +70,15 @@ pub fn wake_namespace(ctx: &Ctx, ns: &str) {
     }
 }
 
+/// Returns once the pod is being deleted (or gone).
+async fn until_deleted(rx: &mut watch::Receiver<Option<Arc<Pod>>>) {
+    loop {
+        if rx.changed().await.is_err() || rx.borrow().as_ref().is_none_or(|p| p.is_deleting()) {
+            return;
+        }
+    }
+}
+
 async fn run(ctx: Arc<Ctx>, uid: String, id: u64, mut rx: watch::Receiver<Option<Arc<Pod>>>, wake: Arc<Notify>) {
     let mut state = sync::PodState::default();
     loop {
@@ -83,8 +92,15 @@ async fn run(ctx: Arc<Ctx>, uid: String, id: u64, mut rx: watch::Receiver<Option
                 Next::Done
             }
             Some(p) => {
-                let r =
-                    if p.is_deleting() { sync::terminate(&ctx, p, &mut state).await } else { sync::sync_pod(&ctx, p, &mut state).await };
+                let r = if p.is_deleting() {
+                    sync::terminate(&ctx, p, &mut state).await
+                } else {
+                    // A deletion cancels a sync in progress (a hanging image pull, say).
+                    tokio::select! {
+                        r = sync::sync_pod(&ctx, p, &mut state) => r,
+                        _ = until_deleted(&mut rx) => Ok(Next::After(Duration::ZERO)),
+                    }
+                };
                 r.unwrap_or_else(|e| {
                     tracing::warn!(pod = %p.name(), error = %format!("{e:#}"), "pod sync failed");
                     Next::After(Duration::from_secs(2))
