@@ -6,6 +6,8 @@ writes results/lab.json, asserts nothing:
   already on the nodes), creation -> Running with a podIP, p50/p99, each beside the same
   number of `ctr run -d` started together on the same nodes (containerd directly); during
   the 100-pod burst, the longest gap between the nodes' Lease renewals;
+- a Deployment scaled from 0 to 100 replicas (readiness probe every second): scale request
+  -> each pod Ready, and -> its IP in the Service's Endpoints, p50/p99 and the last one;
 - services: 20 NodePort services, creation -> NodeIP:nodePort answering on every node;
 - requests/s through NodeIP:nodePort beside requests/s straight to a pod IP, both from
   inside node1 (the host has no route to pod IPs, and none is added).
@@ -40,16 +42,114 @@ def pod(name, label):
                                      "ports": [{"name": "http", "containerPort": 8080}]}]}}
 
 
-def wait_running(names, created, timeout=180):
-    done = {}
-    end = time.time() + timeout
-    while len(done) < len(names) and time.time() < end:
-        for p in req("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dbench")["items"]:
-            n = p["metadata"]["name"]
-            if n in names and n not in done and p["status"].get("phase") == "Running" and p["status"].get("podIP"):
-                done[n] = time.time() - created[n]
-        time.sleep(0.02)
-    return done
+class Watch:
+    """Watches a path (?watch=1) and remembers, per key, when `pick(event)` first gave it
+    (keys are names or IPs): the time is when the apiserver sent the change."""
+
+    def __init__(self, path, pick):
+        self.path, self.pick = path, pick
+        self.seen, self.cond = {}, threading.Condition()
+        self.ready = threading.Event()
+        threading.Thread(target=self.loop, daemon=True).start()
+        self.ready.wait(10)
+
+    def loop(self):
+        sep = "&" if "?" in self.path else "?"
+        while True:
+            try:
+                rv = req("GET", self.path)["metadata"]["resourceVersion"]
+                with urllib.request.urlopen(f"{API}{self.path}{sep}watch=1&resourceVersion={rv}", timeout=900) as r:
+                    self.ready.set()
+                    for line in r:
+                        keys = self.pick(json.loads(line))
+                        with self.cond:
+                            for k in keys:
+                                self.seen.setdefault(k, time.time())
+                            self.cond.notify_all()
+            except Exception:
+                time.sleep(0.1)
+
+    def wait_count(self, n, timeout=300):
+        end = time.time() + timeout
+        with self.cond:
+            while len(self.seen) < n and time.time() < end:
+                self.cond.wait(max(0.0, end - time.time()))
+            return dict(self.seen)
+
+
+def ready_pods(ev):
+    o = ev["object"]
+    conds = o.get("status", {}).get("conditions", [])
+    ok = ev["type"] != "DELETED" and any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+    return [o["metadata"]["name"]] if ok else []
+
+
+def endpoint_ips(ev):
+    if ev["type"] == "DELETED":
+        return []
+    return [a["ip"] for s in ev["object"].get("subsets") or [] for a in s.get("addresses") or []]
+
+
+def deployment_scale(results, n=100):
+    """0 -> n replicas of a Deployment behind a Service: each pod Ready, each in Endpoints."""
+    ns = "/apis/apps/v1/namespaces/default"
+    req("POST", "/api/v1/namespaces/default/services",
+        {"metadata": {"name": "scale"}, "spec": {"selector": {"app": "scale"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+    tmpl = pod("x", "scale")
+    tmpl["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}
+    req("POST", f"{ns}/deployments", {"metadata": {"name": "scale"}, "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "scale"}},
+        "template": {"metadata": {"labels": {"app": "scale"}}, "spec": tmpl["spec"]}}})
+    ready = Watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dscale", ready_pods)
+    in_eps = Watch("/api/v1/namespaces/default/endpoints?fieldSelector=metadata.name%3Dscale", endpoint_ips)
+    t0 = time.time()
+    req("PUT", f"{ns}/deployments/scale/scale", {"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "scale"}, "spec": {"replicas": n}})
+    r = [t - t0 for t in ready.wait_count(n).values()]
+    e = [t - t0 for t in in_eps.wait_count(n).values()]
+    (r50, r99), (e50, e99) = pct(r), pct(e)
+    print(f"deployment 0 -> {n} replicas: pod Ready p50 {r50:.0f} ms  p99 {r99:.0f} ms  last {max(r) * 1000:.0f} ms ({len(r)}/{n});"
+          f"  in Endpoints p50 {e50:.0f} ms  p99 {e99:.0f} ms  last {max(e) * 1000:.0f} ms ({len(e)}/{n})")
+    results["deployment_scale_0_to_100"] = {"ready_p50_ms": r50, "ready_p99_ms": r99, "ready_last_ms": max(r) * 1000, "ready": len(r),
+                                            "endpoints_p50_ms": e50, "endpoints_p99_ms": e99, "endpoints_last_ms": max(e) * 1000}
+    req("DELETE", f"{ns}/deployments/scale")
+    req("DELETE", "/api/v1/namespaces/default/services/scale")
+    end = time.time() + 120
+    while req("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dscale")["items"] and time.time() < end:
+        time.sleep(1)
+
+
+class Running:
+    """Watches the bench pods and remembers when each was first seen Running with a podIP
+    (a watch, not polling: the time is when the apiserver sent the change)."""
+
+    def __init__(self):
+        self.seen, self.cond = {}, threading.Condition()
+        self.ready = threading.Event()
+        threading.Thread(target=self.loop, daemon=True).start()
+        self.ready.wait(10)
+
+    def loop(self):
+        sel = "labelSelector=app%3Dbench"
+        while True:
+            try:
+                rv = req("GET", f"/api/v1/namespaces/default/pods?{sel}")["metadata"]["resourceVersion"]
+                with urllib.request.urlopen(f"{API}/api/v1/namespaces/default/pods?watch=1&{sel}&resourceVersion={rv}", timeout=900) as r:
+                    self.ready.set()
+                    for line in r:
+                        ev = json.loads(line)
+                        o = ev["object"]
+                        if ev["type"] != "DELETED" and o["status"].get("phase") == "Running" and o["status"].get("podIP"):
+                            with self.cond:
+                                self.seen.setdefault(o["metadata"]["name"], time.time())
+                                self.cond.notify_all()
+            except Exception:
+                time.sleep(0.1)
+
+    def wait(self, names, created, timeout=180):
+        end = time.time() + timeout
+        with self.cond:
+            while not all(n in self.seen for n in names) and time.time() < end:
+                self.cond.wait(max(0.0, end - time.time()))
+            return {n: self.seen[n] - created[n] for n in names if n in self.seen}
 
 
 def sh(*args):
@@ -102,13 +202,14 @@ def watch_leases():
 
 
 def main():
+    running = Running()
     # Warm up: the image on both nodes (pulled once), so the measured pods find it present.
     warm = [f"warm-{n}" for n in NODES]
     for n, node in zip(warm, NODES):
         p = pod(n, "bench")
         p["spec"]["nodeName"] = node
         req("POST", "/api/v1/namespaces/default/pods", p)
-    wait_running(set(warm), {n: time.time() for n in warm})
+    running.wait(set(warm), {n: time.time() for n in warm})
 
     results = {"benchmark": "lab", "pods": {}}
     # Single pods, one at a time.
@@ -117,8 +218,9 @@ def main():
         n = f"single-{i}"
         t = time.time()
         req("POST", "/api/v1/namespaces/default/pods", pod(n, "bench"))
-        single += list(wait_running({n}, {n: t}).values())
+        single += list(running.wait({n}, {n: t}).values())
         req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
+        time.sleep(1)  # its teardown is not the next pod's start
     s50, s99 = pct(single)
     print(f"single pod creation -> Running with podIP (10, one at a time): p50 {s50:.0f} ms  p99 {s99:.0f} ms")
     results["pods"]["single"] = {"p50_ms": s50, "p99_ms": s99, "n": len(single)}
@@ -137,7 +239,7 @@ def main():
             threads.append(th)
         for th in threads:
             th.join()
-        done = wait_running(set(batch), created)
+        done = running.wait(set(batch), created)
         p50, p99 = pct(list(done.values()))
         c50, c99 = ctr_burst(burst)
         line = f"burst of {burst} pods -> Running with podIP: p50 {p50:.0f} ms  p99 {p99:.0f} ms ({len(done)}/{burst});  {burst} ctr run -d together: p50 {c50:.0f} ms  p99 {c99:.0f} ms"
@@ -151,10 +253,11 @@ def main():
         for n in batch:
             req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
         time.sleep(5)
+    deployment_scale(results)
     names = ["bench-0"]
     first = pod("bench-0", "bench")
     req("POST", "/api/v1/namespaces/default/pods", first)
-    wait_running({"bench-0"}, {"bench-0": time.time()})
+    running.wait({"bench-0"}, {"bench-0": time.time()})
 
     svc_times = []
     for i in range(20):

@@ -10,7 +10,6 @@ use agent::proxy::{iptables::Runner, Proxier};
 use netns::Netns;
 use pkg::api::{Endpoints, Service};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 fn world(n: usize) -> (Vec<Service>, Vec<Endpoints>) {
@@ -32,9 +31,9 @@ fn world(n: usize) -> (Vec<Service>, Vec<Endpoints>) {
 
 async fn sync(p: &mut Proxier, s: &[Service], e: &[Endpoints]) -> f64 {
     let sv: Vec<&Service> = s.iter().collect();
-    let ev: BTreeMap<String, &Endpoints> = e.iter().map(|e| (format!("bench/{}", e.metadata.name.as_deref().unwrap_or("")), e)).collect();
+    let backends = pkg::proxy::backends_from_endpoints(e);
     let t = Instant::now();
-    p.sync(&sv, &ev).await.expect("sync");
+    p.sync(&sv, &backends).await.expect("sync");
     t.elapsed().as_secs_f64()
 }
 

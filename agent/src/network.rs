@@ -280,7 +280,7 @@ pub async fn connect_in_netns(
     let Some(netns) = netns else {
         return tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("dial tcp {addr}: i/o timeout")))?;
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "i/o timeout"))?;
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {

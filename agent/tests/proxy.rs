@@ -6,7 +6,7 @@ use agent::proxy::{iptables::Runner, Proxier};
 use netns::*;
 use pkg::api::{Endpoints, Service};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -77,9 +77,7 @@ struct World {
 impl World {
     async fn sync(&self, p: &mut Proxier) {
         let s: Vec<&Service> = self.services.iter().collect();
-        let e: BTreeMap<String, &Endpoints> =
-            self.endpoints.iter().map(|e| (format!("default/{}", e.metadata.name.as_deref().unwrap_or("")), e)).collect();
-        p.sync(&s, &e).await.expect("sync");
+        p.sync(&s, &pkg::proxy::backends_from_endpoints(&self.endpoints)).await.expect("sync");
     }
 }
 

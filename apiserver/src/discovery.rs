@@ -44,15 +44,16 @@ const ALL_VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "li
 pub const RESOURCES: &[ResourceInfo] = &[
     ResourceInfo { group: "", version: "v1", name: "namespaces", singular: "namespace", kind: "Namespace", namespaced: false, short: &["ns"], subresources: &["status"] },
     ResourceInfo { group: "", version: "v1", name: "nodes", singular: "node", kind: "Node", namespaced: false, short: &["no"], subresources: &["status", "proxy"] },
-    ResourceInfo { group: "", version: "v1", name: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], subresources: &["status", "log", "exec", "attach", "portforward"] },
+    ResourceInfo { group: "", version: "v1", name: "pods", singular: "pod", kind: "Pod", namespaced: true, short: &["po"], subresources: &["status", "binding", "log", "exec", "attach", "portforward"] },
     ResourceInfo { group: "", version: "v1", name: "services", singular: "service", kind: "Service", namespaced: true, short: &["svc"], subresources: &["status"] },
     ResourceInfo { group: "", version: "v1", name: "endpoints", singular: "endpoints", kind: "Endpoints", namespaced: true, short: &["ep"], subresources: &[] },
     ResourceInfo { group: "", version: "v1", name: "configmaps", singular: "configmap", kind: "ConfigMap", namespaced: true, short: &["cm"], subresources: &[] },
     ResourceInfo { group: "", version: "v1", name: "secrets", singular: "secret", kind: "Secret", namespaced: true, short: &[], subresources: &[] },
     ResourceInfo { group: "", version: "v1", name: "serviceaccounts", singular: "serviceaccount", kind: "ServiceAccount", namespaced: true, short: &["sa"], subresources: &[] },
     ResourceInfo { group: "", version: "v1", name: "events", singular: "event", kind: "Event", namespaced: true, short: &["ev"], subresources: &[] },
-    ResourceInfo { group: "apps", version: "v1", name: "deployments", singular: "deployment", kind: "Deployment", namespaced: true, short: &["deploy"], subresources: &["status"] },
-    ResourceInfo { group: "apps", version: "v1", name: "replicasets", singular: "replicaset", kind: "ReplicaSet", namespaced: true, short: &["rs"], subresources: &["status"] },
+    ResourceInfo { group: "apps", version: "v1", name: "deployments", singular: "deployment", kind: "Deployment", namespaced: true, short: &["deploy"], subresources: &["status", "scale"] },
+    ResourceInfo { group: "apps", version: "v1", name: "replicasets", singular: "replicaset", kind: "ReplicaSet", namespaced: true, short: &["rs"], subresources: &["status", "scale"] },
+    ResourceInfo { group: "discovery.k8s.io", version: "v1", name: "endpointslices", singular: "endpointslice", kind: "EndpointSlice", namespaced: true, short: &[], subresources: &[] },
     ResourceInfo { group: "coordination.k8s.io", version: "v1", name: "leases", singular: "lease", kind: "Lease", namespaced: true, short: &[], subresources: &[] },
 ];
 
@@ -106,9 +107,21 @@ pub fn api_resources(group: &str, version: &str) -> Option<Value> {
             let verbs: &[&str] = match *sub {
                 "log" | "proxy" => &["get"],
                 "exec" | "attach" | "portforward" => &["create", "get"],
+                "binding" => &["create"],
                 _ => &["get", "patch", "update"],
             };
-            resources.push(json!({"name": format!("{}/{sub}", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs}));
+            let mut v = json!({"name": format!("{}/{sub}", r.name), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs});
+            match *sub {
+                // kubectl scale reads the Scale's group-version from here.
+                "scale" => {
+                    v["kind"] = json!("Scale");
+                    v["group"] = json!("autoscaling");
+                    v["version"] = json!("v1");
+                }
+                "binding" => v["kind"] = json!("Binding"),
+                _ => {}
+            }
+            resources.push(v);
         }
     }
     if group == "authorization.k8s.io" && version == "v1" {

@@ -7,7 +7,8 @@
 use crate::codec::{self, BodyType, FieldValidation, Output};
 use crate::error::ApiError;
 use crate::list::{self, ListQuery};
-use crate::objects::{Api, Write};
+use crate::objects::{Api, DeleteOpts, Write};
+use pkg::deletion::Propagation;
 use crate::printers::{self, Printable};
 use crate::registry::Strategy;
 use crate::watch;
@@ -83,6 +84,8 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
         (Method::DELETE, Some(name), None) => delete::<T>(api, name, &r).await,
+        (Method::GET | Method::PUT | Method::PATCH, Some(name), Some("scale")) => crate::scale::handle::<T>(api, &method, name, &r).await,
+        (Method::POST, Some(name), Some("binding")) if T::KIND == "Pod" => crate::binding::bind(api, name, &r).await,
         (m, _, sub) => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -172,7 +175,7 @@ fn strip_directives(v: &mut Value) {
 }
 
 /// Apply a patch of the request's type to `doc`.
-fn apply_patch<T: Strategy>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
+pub fn apply_patch<T: pkg::api::Object>(ty: BodyType, doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
     let patch: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode patch: {e}")))?;
     match ty {
         BodyType::MergePatch => pkg::patch::merge_patch(doc, &patch),
@@ -224,14 +227,7 @@ async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: 
 }
 
 /// The options of a DELETE, from the query string or a `DeleteOptions` body.
-pub struct DeleteOptions {
-    pub grace: Option<i64>,
-    pub precondition_rv: Option<String>,
-    pub precondition_uid: Option<String>,
-    pub dry_run: bool,
-}
-
-pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOpts, ApiError> {
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -250,12 +246,21 @@ pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOp
         Value::Array(a) if a.iter().all(|v| v == "All") => !a.is_empty(),
         other => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other}: supported values: \"All\""))),
     };
-    let policy = p.get("propagationPolicy").map(String::as_str).or(opts["propagationPolicy"].as_str());
-    if let Some(pol) = policy.filter(|p| !["Orphan", "Background", "Foreground"].contains(p)) {
-        return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: {pol:?}")));
-    }
-    Ok(DeleteOptions {
+    let propagation = match p.get("propagationPolicy").map(String::as_str).or(opts["propagationPolicy"].as_str()) {
+        None | Some("") => None,
+        Some(pol) => Some(Propagation::parse(pol).ok_or_else(|| {
+            ApiError::bad_request(format!("propagationPolicy: Unsupported value: {pol:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""))
+        })?),
+    };
+    // The old `orphanDependents` flag, which kubectl no longer sends but clients may.
+    let propagation = propagation.or(match opts["orphanDependents"].as_bool() {
+        Some(true) => Some(Propagation::Orphan),
+        Some(false) => Some(Propagation::Background),
+        None => None,
+    });
+    Ok(DeleteOpts {
         grace,
+        propagation,
         precondition_rv: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
         precondition_uid: opts["preconditions"]["uid"].as_str().map(String::from),
         dry_run: dry_run(p)? || body_dry,
@@ -267,15 +272,10 @@ async fn delete<T: Strategy + Printable>(api: &Api, name: &str, r: &Req<'_>) -> 
     if T::KIND == "Namespace" && crate::BUILTIN_NAMESPACES.contains(&name) {
         return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
     }
-    if let Some(uid) = &o.precondition_uid {
-        if api.get::<T>(r.ns, name).await?.uid() != Some(uid.as_str()) {
-            return Err(ApiError::conflict(T::KIND, name));
-        }
-    }
     if T::KIND == "Namespace" && !o.dry_run {
         crate::controllers::namespace::empty(api, name).await?;
     }
-    let gone = api.delete_opts::<T>(r.ns, name, o.grace, o.precondition_rv.as_deref(), o.dry_run).await?;
+    let gone = api.delete_opts::<T>(r.ns, name, &o).await?;
     Ok(codec::respond_obj(StatusCode::OK, r.out, &gone))
 }
 
@@ -290,7 +290,8 @@ async fn delete_collection<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> R
     let mut gone = vec![];
     for item in res.items {
         let (ns, name) = (item.namespace().map(String::from), item.name().to_string());
-        match api.delete_opts::<T>(ns.as_deref(), &name, o.grace, None, o.dry_run).await {
+        let one = DeleteOpts { precondition_rv: None, precondition_uid: None, ..o.clone() };
+        match api.delete_opts::<T>(ns.as_deref(), &name, &one).await {
             Ok(g) => gone.push(g),
             Err(e) if e.code() == 404 => {}
             Err(e) => return Err(e),

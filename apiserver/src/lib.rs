@@ -15,10 +15,13 @@
 //!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
 //! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory);
-//! - [`controllers`]: scheduler, endpoints, node lifecycle, namespace deletion, default
-//!   service accounts.
+//! - [`controllers`]: node lifecycle, namespace deletion and default service accounts,
+//!   in-process; the scheduler and the workload, endpoints and garbage-collection
+//!   controllers are the [`::controllers`] crate, which talks to this server over HTTP
+//!   only (run here by default, `--controllers=false` to run `controller-manager` apart).
 
 pub mod apply;
+pub mod binding;
 pub mod codec;
 pub mod controllers;
 pub mod discovery;
@@ -31,6 +34,7 @@ pub mod printers;
 pub mod protobuf;
 pub mod registry;
 pub mod routes;
+pub mod scale;
 pub mod storage;
 pub mod streams;
 pub mod watch;
@@ -69,6 +73,10 @@ pub struct Config {
     /// How long one etcd request may take before the API answers 503.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub etcd_timeout: Duration,
+    /// Run the scheduler and the controllers (the `controllers` crate) in this process,
+    /// talking to this server over HTTP; `false` to run `controller-manager` apart.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub controllers: bool,
 }
 
 /// `500ms`, `5s`, `2m`.
@@ -123,8 +131,6 @@ impl Server {
                 }
             }
         }
-        controllers::scheduler::spawn(api.clone());
-        controllers::endpoints::spawn(api.clone());
         controllers::nodelifecycle::spawn(api.clone(), cfg.node_monitor_grace_period);
         controllers::serviceaccount::spawn(api.clone());
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
@@ -136,6 +142,11 @@ impl Server {
             }
         });
         tracing::info!(%addr, "apiserver serving");
+        if cfg.controllers {
+            // Through the front door, as kube-controller-manager does.
+            let host = if addr.ip().is_unspecified() { std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+            ::controllers::run(::controllers::client_for(&format!("http://{host}"))?);
+        }
         Ok(Server { addr, api, task })
     }
 

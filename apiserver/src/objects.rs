@@ -10,6 +10,7 @@ use crate::registry::{ApiErrorKind, Claim, Strategy};
 use crate::storage::{self, Committed, Expect, Op, Store};
 use crate::Config;
 use pkg::api::{CauseExt, Namespace, Object, StatusCause};
+use pkg::deletion::{self, Outcome, Propagation};
 use pkg::managedfields::{self, Manager, Operation};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -290,6 +291,14 @@ impl Api {
             };
             track(Some(&old), &mut o, w, status_only.then_some("status"))?;
             causes.extend(o.validate(&self.cfg));
+            let added = deletion::added_finalizers(old.meta(), o.meta());
+            if !added.is_empty() {
+                causes.push(StatusCause::cause(
+                    "FieldValueForbidden",
+                    format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"),
+                    "metadata.finalizers",
+                ));
+            }
             if !causes.is_empty() {
                 return Err(ApiError::invalid(T::KIND, name, causes));
             }
@@ -307,6 +316,10 @@ impl Api {
             ops.extend(new_claims.iter().map(|c| Op::Put(c.key.clone(), owner(&o).into_bytes())));
             let keep: HashSet<&String> = claims.iter().map(|c| &c.key).collect();
             ops.extend(held.iter().filter(|k| !keep.contains(k)).map(|k| Op::Delete(k.clone())));
+            if deletion::finalized(o.meta()) {
+                // The last finalizer of a marked object is gone: the update removes it.
+                ops = self.remove_ops(&key, &old)?;
+            }
             if dry_run {
                 ops.clear();
             }
@@ -325,6 +338,39 @@ impl Api {
                         self.claim_lost(T::KIND, name, new_claims[i - 1], &mut taken).await?;
                     }
                 }
+            }
+        }
+        Err(ApiError::conflict(T::KIND, name))
+    }
+
+    /// Write what no ordinary update may change (a binding's `spec.nodeName` together with
+    /// the pod's `PodScheduled` condition): `change` edits the stored object, which is then
+    /// tracked, validated and written if it is still at the revision read, else read again.
+    pub async fn rewrite<T: Strategy>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        w: &Write,
+        subresource: &str,
+        mut change: impl FnMut(&mut T) -> Result<(), ApiError>,
+    ) -> Result<T, ApiError> {
+        let key = storage::key::<T>(ns, name);
+        for _ in 0..RETRIES {
+            let old: T = self.get(ns, name).await?;
+            let mut o = old.clone();
+            change(&mut o)?;
+            track(Some(&old), &mut o, w, Some(subresource))?;
+            let causes = o.validate(&self.cfg);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(T::KIND, name, causes));
+            }
+            if w.dry_run {
+                return Ok(o);
+            }
+            let rv: i64 = old.meta().resource_version.as_deref().unwrap_or("0").parse().unwrap_or(0);
+            if let Committed::Ok(rev) = self.store.commit(&[(key.clone(), Expect::Revision(rv))], vec![self.put_op(&key, &o).await?]).await? {
+                o.meta_mut().resource_version = Some(rev.to_string());
+                return Ok(o);
             }
         }
         Err(ApiError::conflict(T::KIND, name))
@@ -362,55 +408,74 @@ impl Api {
         grace: Option<i64>,
         precondition_rv: Option<&str>,
     ) -> Result<T, ApiError> {
-        self.delete_opts(ns, name, grace, precondition_rv, false).await
+        let opts = DeleteOpts { grace, precondition_rv: precondition_rv.map(String::from), ..Default::default() };
+        self.delete_opts(ns, name, &opts).await
     }
 
-    /// [`Api::delete`], optionally as a dry run: the object is checked and returned as the
-    /// delete would leave it, and nothing is written.
-    pub async fn delete_opts<T: Strategy>(
-        &self,
-        ns: Option<&str>,
-        name: &str,
-        grace: Option<i64>,
-        precondition_rv: Option<&str>,
-        dry_run: bool,
-    ) -> Result<T, ApiError> {
+    /// [`Api::delete`] with every option of a DELETE: a dry run checks and returns the
+    /// object as the delete would leave it; a propagation policy adds the garbage
+    /// collector's finalizers ([`pkg::deletion`]); an object with finalizers is marked,
+    /// not removed.
+    pub async fn delete_opts<T: Strategy>(&self, ns: Option<&str>, name: &str, opts: &DeleteOpts) -> Result<T, ApiError> {
         let key = storage::key::<T>(ns, name);
         for _ in 0..RETRIES {
             let old: T = self.get(ns, name).await?;
             let rv = old.meta().resource_version.clone().unwrap_or_default();
-            if precondition_rv.is_some_and(|p| p != rv) {
+            if opts.precondition_rv.as_ref().is_some_and(|p| *p != rv) || opts.precondition_uid.as_ref().is_some_and(|u| Some(u.as_str()) != old.uid()) {
                 return Err(ApiError::conflict(T::KIND, name));
             }
             let mut marked = old.clone();
-            if marked.begin_graceful_delete(grace) {
-                if marked.meta() == old.meta() {
-                    return Ok(old);
-                }
-                if dry_run {
-                    return Ok(marked);
-                }
-                // Written directly: a client's update may not set deletionTimestamp, this may.
-                let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];
-                if let Committed::Ok(rev) = self.store.commit(&expects, vec![Op::Put(key.clone(), storage::encode(&marked))]).await? {
-                    marked.meta_mut().resource_version = Some(rev.to_string());
-                    return Ok(marked);
-                }
-                continue;
-            }
-            if dry_run {
-                return Ok(old);
-            }
-            let held = self.held(&old)?;
-            let mut ops = vec![Op::Delete(key.clone())];
-            ops.extend(held.into_iter().map(Op::Delete));
+            let outcome = if marked.begin_graceful_delete(opts.grace) {
+                // A pod its kubelet must stop first: marked, with the policy's finalizers.
+                let f = deletion::finalizers_after(old.meta().finalizers.as_deref().unwrap_or(&[]), opts.propagation);
+                marked.meta_mut().finalizers = Some(f).filter(|f| !f.is_empty());
+                if marked.meta() == old.meta() { Outcome::Unchanged } else { Outcome::Mark(Box::new(marked.meta().clone())) }
+            } else {
+                deletion::delete(old.meta(), opts.propagation, &pkg::api::now())
+            };
             let expects = [(key.clone(), Expect::Revision(rv.parse().unwrap_or(0)))];
-            if let Committed::Ok(_) = self.store.commit(&expects, ops).await? {
-                return Ok(old);
+            match outcome {
+                Outcome::Unchanged => return Ok(old),
+                Outcome::Mark(meta) => {
+                    *marked.meta_mut() = *meta;
+                    if opts.dry_run {
+                        return Ok(marked);
+                    }
+                    // Written directly: a client's update may not set deletionTimestamp, this may.
+                    if let Committed::Ok(rev) = self.store.commit(&expects, vec![Op::Put(key.clone(), storage::encode(&marked))]).await? {
+                        marked.meta_mut().resource_version = Some(rev.to_string());
+                        return Ok(marked);
+                    }
+                }
+                Outcome::Remove => {
+                    if opts.dry_run {
+                        return Ok(old);
+                    }
+                    if let Committed::Ok(_) = self.store.commit(&expects, self.remove_ops(&key, &old)?).await? {
+                        return Ok(old);
+                    }
+                }
             }
         }
         Err(ApiError::conflict(T::KIND, name))
     }
+
+    /// The writes that remove a stored object: the object and every claim it holds.
+    fn remove_ops<T: Strategy>(&self, key: &str, stored: &T) -> Result<Vec<Op>, ApiError> {
+        let mut ops = vec![Op::Delete(key.to_string())];
+        ops.extend(self.held(stored)?.into_iter().map(Op::Delete));
+        Ok(ops)
+    }
+}
+
+/// The options of a DELETE (from its query string or `DeleteOptions` body).
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOpts {
+    pub grace: Option<i64>,
+    pub precondition_rv: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub dry_run: bool,
+    pub propagation: Option<Propagation>,
 }
 
 /// A random (version 4) UUID for `metadata.uid`.

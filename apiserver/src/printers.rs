@@ -287,6 +287,22 @@ impl Printable for Deployment {
     }
 }
 
+impl Printable for EndpointSlice {
+    const COLUMNS: &'static [(&'static str, &'static str, u8)] =
+        &[("Name", "string", 0), ("AddressType", "string", 0), ("Ports", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)];
+    fn cells(&self, now: Now) -> Vec<Value> {
+        let ports: Vec<String> = self.ports.iter().flatten().filter_map(|p| p.port.map(|n| n.to_string())).collect();
+        let addrs: Vec<&str> = self.endpoints.iter().flat_map(|e| e.addresses.iter().map(String::as_str)).collect();
+        let shown = match addrs.len() {
+            0 => "<unset>".to_string(),
+            n if n <= 3 => addrs.join(","),
+            n => format!("{} + {} more...", addrs[..3].join(","), n - 3),
+        };
+        let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+        vec![json!(self.name()), json!(self.address_type), json!(ports), json!(shown), age(self, now)]
+    }
+}
+
 impl Printable for ReplicaSet {
     const COLUMNS: &'static [(&'static str, &'static str, u8)] = &[
         ("Name", "string", 0),

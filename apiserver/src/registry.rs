@@ -8,6 +8,7 @@ use crate::Config;
 use pkg::alloc::first_free;
 use pkg::api::*;
 use pkg::validation::{self, ServiceRanges};
+use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec, ScaleStatus};
 use serde_json::Value;
 use std::collections::HashSet;
 
@@ -88,6 +89,13 @@ pub trait Strategy: Object {
     fn field(&self, path: &str) -> String {
         default_field(self, path)
     }
+
+    /// The `scale` subresource (an autoscaling/v1 `Scale`); `None`: the kind has none.
+    fn scale(&self) -> Option<Scale> {
+        None
+    }
+    /// What a write to `scale` does: set the desired replicas.
+    fn set_replicas(&mut self, _replicas: i32) {}
 
     /// Objects of this kind expire this many seconds after their last write (events).
     const TTL_SECONDS: Option<i64> = None;
@@ -384,6 +392,15 @@ impl Strategy for Endpoints {
     }
 }
 
+impl Strategy for EndpointSlice {
+    fn validate(&self, _: &Config) -> Vec<StatusCause> {
+        validation::validate_endpoint_slice(self)
+    }
+    /// What kube-proxy watches: `kubernetes.io/service-name` is a label, so a label selector
+    /// finds a service's slices; the field selectors are the generic ones.
+    const FIELDS: &'static [&'static str] = &["metadata.name", "metadata.namespace"];
+}
+
 impl Strategy for Namespace {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_namespace(self)
@@ -582,6 +599,23 @@ fn selector_kept(new: &LabelSelector, old: &LabelSelector) -> Vec<StatusCause> {
     vec![]
 }
 
+/// The `Scale` of a workload: its metadata, desired and current replicas, and selector.
+fn workload_scale(meta: &ObjectMeta, desired: Option<i32>, current: Option<i32>, selector: &LabelSelector) -> Scale {
+    let selector = pkg::selector::LabelSelector::from_spec(selector).map(|s| s.to_string()).unwrap_or_default();
+    Scale {
+        metadata: ObjectMeta {
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            creation_timestamp: meta.creation_timestamp.clone(),
+            ..Default::default()
+        },
+        spec: Some(ScaleSpec { replicas: desired }),
+        status: Some(ScaleStatus { replicas: current.unwrap_or(0), selector: Some(selector) }),
+    }
+}
+
 impl Strategy for Deployment {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         let Some(spec) = &self.spec else { return vec![StatusCause::required("spec")] };
@@ -604,6 +638,13 @@ impl Strategy for Deployment {
         next_generation(self, Some(old), changed);
         let sel = |d: &Self| d.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
         selector_kept(&sel(self), &sel(old))
+    }
+    fn scale(&self) -> Option<Scale> {
+        let spec = self.spec.as_ref()?;
+        Some(workload_scale(&self.metadata, spec.replicas, self.status.as_ref().and_then(|s| s.replicas), &spec.selector))
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
     }
 }
 
@@ -630,5 +671,12 @@ impl Strategy for ReplicaSet {
         next_generation(self, Some(old), changed);
         let sel = |r: &Self| r.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
         selector_kept(&sel(self), &sel(old))
+    }
+    fn scale(&self) -> Option<Scale> {
+        let spec = self.spec.as_ref()?;
+        Some(workload_scale(&self.metadata, spec.replicas, self.status.as_ref().map(|s| s.replicas), &spec.selector))
+    }
+    fn set_replicas(&mut self, replicas: i32) {
+        self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
     }
 }

@@ -175,6 +175,7 @@ async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &Header
         "Lease" => handler::handle::<Lease>(api, method, r).await,
         "Deployment" => handler::handle::<Deployment>(api, method, r).await,
         "ReplicaSet" => handler::handle::<ReplicaSet>(api, method, r).await,
+        "EndpointSlice" => handler::handle::<EndpointSlice>(api, method, r).await,
         other => Err(ApiError::internal(format!("no handler for {other}"))),
     }
 }

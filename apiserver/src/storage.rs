@@ -318,6 +318,7 @@ pub fn prefix<T: Object>() -> &'static str {
         "leases" => "/registry/leases/",
         "deployments" => "/registry/deployments/",
         "replicasets" => "/registry/replicasets/",
+        "endpointslices" => "/registry/endpointslices/",
         other => unreachable!("no storage prefix for {other}"),
     }
 }

@@ -1,4 +1,5 @@
-//! The in-process controllers against a real etcd: endpoints, scheduler, node lifecycle.
+//! The controllers against a real etcd: endpoints and EndpointSlices, scheduler (with its
+//! events), node lifecycle.
 
 mod common;
 use common::*;
@@ -99,6 +100,57 @@ async fn endpoints_follow_pods_and_services() {
     eventually(10, "endpoints to go", || async { (c.get("/api/v1/namespaces/default/endpoints/web").await.0 == 404).then_some(()) }).await;
 }
 
+/// The service's slices' endpoints: (ip, ready, serving, terminating), sorted.
+async fn slice_endpoints(c: &Cluster, svc: &str) -> Vec<(String, bool, bool, bool)> {
+    let (_, list) = c.get(&format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={svc}")).await;
+    let mut out: Vec<_> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let c = &e["conditions"];
+            (e["addresses"][0].as_str().unwrap().to_string(), c["ready"] == true, c["serving"] == true, c["terminating"] == true)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn endpointslices_say_ready_serving_and_terminating() {
+    let c = Cluster::start().await;
+    c.ready_node("node1", "172.30.0.11", json!({})).await;
+    for n in ["a", "b"] {
+        let mut p = pod(n, json!({"app": "api"}));
+        p["spec"]["nodeName"] = json!("node1");
+        c.create(PODS, p).await;
+        set_running(&c, n, if n == "a" { "10.244.0.20" } else { "10.244.0.21" }, true).await;
+    }
+    c.create("/api/v1/namespaces/default/services", json!({"metadata": {"name": "api"}, "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})).await;
+    let both = vec![("10.244.0.20".to_string(), true, true, false), ("10.244.0.21".to_string(), true, true, false)];
+    eventually(10, "two ready endpoints", || async { (slice_endpoints(&c, "api").await == both).then_some(()) }).await;
+    let (_, list) = c.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices").await;
+    let slice = &list["items"][0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["ports"][0], json!({"name": "http", "port": 8080, "protocol": "TCP"}));
+    assert_eq!(slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"], "endpointslice-controller.k8s.io");
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(slice["endpoints"][0]["targetRef"]["kind"], "Pod");
+
+    // Deleted (gracefully: it is on a node): terminating, still serving while it says ready.
+    assert_eq!(c.delete(&format!("{PODS}/b")).await.0, 200);
+    let draining = ("10.244.0.21".to_string(), false, true, true);
+    eventually(10, "b terminating but serving", || async { (slice_endpoints(&c, "api").await.contains(&draining)).then_some(()) }).await;
+    // Its readiness probe then fails (whoami's drain): no longer serving either.
+    set_running(&c, "b", "10.244.0.21", false).await;
+    let gone = ("10.244.0.21".to_string(), false, false, true);
+    eventually(10, "b terminating, not serving", || async { (slice_endpoints(&c, "api").await.contains(&gone)).then_some(()) }).await;
+    // The service goes: its slices are collected with it.
+    c.delete("/api/v1/namespaces/default/services/api").await;
+    eventually(10, "slices to go", || async { slice_endpoints(&c, "api").await.is_empty().then_some(()) }).await;
+}
+
 #[tokio::test]
 async fn scheduler_places_pods() {
     let c = Cluster::start().await;
@@ -161,6 +213,16 @@ async fn scheduler_places_pods() {
     assert!(p["spec"]["nodeName"].is_null());
     let msg = p["status"]["conditions"][0]["message"].as_str().unwrap();
     assert!(msg.contains("didn't match Pod's node affinity/selector") && msg.contains("not ready"), "{msg}");
+
+    // The scheduler's events, as `kubectl describe pod` shows them.
+    eventually(10, "Scheduled and FailedScheduling events", || async {
+        let (_, events) = c.get("/api/v1/namespaces/default/events").await;
+        let has = |name: &str, reason: &str| {
+            events["items"].as_array().into_iter().flatten().any(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+        };
+        (has("ssd0", "Scheduled") && has("gpu", "FailedScheduling")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

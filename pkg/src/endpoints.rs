@@ -1,5 +1,8 @@
 //! The endpoints controller's pure part: which pods back a service, and on which ports
-//! (kube-controller-manager's `endpoint` controller, minus the I/O).
+//! (kube-controller-manager's `endpoint` controller, minus the I/O). The same pod-to-port
+//! resolution feeds the EndpointSlices ([`crate::endpointslice`]).
+//!
+//! Upstream: pkg/controller/endpoint/endpoints_controller.go
 
 use crate::api::*;
 use crate::selector::LabelSelector;
@@ -22,48 +25,59 @@ pub fn resolve_target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
 }
 
 /// An endpoint port: its name, number and protocol.
-type PortKey = (Option<String>, i32, String);
+pub(crate) type PortKey = (Option<String>, i32, String);
+
+/// The ports a selected pod serves the service on (each service port resolved against
+/// it); `None` if the pod is not a candidate at all: not selected, no IP yet, finished,
+/// or none of the ports resolve.
+pub(crate) fn pod_ports(svc: &Service, selector: &LabelSelector, pod: &Pod) -> Option<Vec<PortKey>> {
+    pod.pod_ip()?;
+    if !selector.matches(pod.labels()) || pod.is_terminal() {
+        return None;
+    }
+    let ports: Vec<PortKey> = svc
+        .ports()
+        .iter()
+        .filter_map(|sp| {
+            let port = resolve_target_port(sp, pod)?;
+            Some((sp.name.clone().filter(|n| !n.is_empty()), port, protocol(&sp.protocol).to_string()))
+        })
+        .collect();
+    (!ports.is_empty()).then_some(ports)
+}
+
+/// The reference from an endpoint back to its pod.
+pub(crate) fn target_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Pod".into()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
 
 /// The subsets of the Endpoints object for `svc`, given the pods of its namespace.
 ///
 /// Ready pods (Running, `Ready=True`, with an IP) go into `addresses`, running pods that
-/// are not ready into `notReadyAddresses`; pods being deleted are left out. Pods whose
-/// resolved ports are the same share a subset, as in Kubernetes.
+/// are not ready into `notReadyAddresses`; pods being deleted are left out (EndpointSlices
+/// keep them, marked `terminating`). Pods whose resolved ports are the same share a
+/// subset, as in Kubernetes.
 pub fn compute_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> Vec<EndpointSubset> {
     let Some(sel) = svc.selector() else { return vec![] };
     let selector = LabelSelector::from_map(sel);
     // Subsets keyed by their ports, each with its ready and not-ready addresses.
     let mut by_ports: BTreeMap<Vec<PortKey>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
-    for pod in pods {
-        let Some(ip) = pod.pod_ip() else { continue };
-        if !selector.matches(pod.labels()) || pod.is_deleting() || pod.is_terminal() {
-            continue;
-        }
-        let ports: Vec<PortKey> = svc
-            .ports()
-            .iter()
-            .filter_map(|sp| {
-                let port = resolve_target_port(sp, pod)?;
-                Some((sp.name.clone().filter(|n| !n.is_empty()), port, protocol(&sp.protocol).to_string()))
-            })
-            .collect();
-        if ports.is_empty() {
-            continue;
-        }
+    for pod in pods.into_iter().filter(|p| !p.is_deleting()) {
+        let Some(ports) = pod_ports(svc, &selector, pod) else { continue };
         let addr = EndpointAddress {
-            ip: ip.to_string(),
+            ip: pod.pod_ip().unwrap_or_default().to_string(),
             node_name: pod.node_name().map(String::from),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                namespace: pod.metadata.namespace.clone(),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-                ..Default::default()
-            }),
+            target_ref: Some(target_ref(pod)),
             ..Default::default()
         };
         let (ready, not_ready) = by_ports.entry(ports).or_default();
-        if pod.is_ready() {
+        if pod.is_ready() || publish_not_ready(svc) {
             ready.push(addr);
         } else {
             not_ready.push(addr);
@@ -87,6 +101,12 @@ pub fn compute_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod
             }
         })
         .collect()
+}
+
+/// `spec.publishNotReadyAddresses`: every selected pod counts as ready (for StatefulSet
+/// peers that must find each other before they are ready).
+pub(crate) fn publish_not_ready(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -10,12 +10,19 @@
 //! - [`remotecommand`]: the channels and status of `kubectl exec`/`attach`/`port-forward` streams;
 //! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
 //! - [`kubelet`]: the kubelet's decisions (phase, conditions, restarts, back-off, probes, env,
-//!   volumes, resources, events, CRI logs, the node Lease), as pure functions;
-//! - [`endpoints`] and [`scheduler`]: the decisions of the two controllers, as pure functions.
+//!   volumes, resources, CRI logs, the node Lease), as pure functions;
+//! - [`endpointslice`]: the EndpointSlices of a service (ready, serving, terminating) and how to converge them;
+//! - [`events`]: Events about an object, and how repeats are counted up (the event correlator);
+//! - [`deletion`]: what a DELETE does (at once, or marked while finalizers remain);
+//! - [`workloads`]: the ReplicaSet, Deployment and garbage-collector decisions;
+//! - [`endpoints`] and [`scheduler`]: the decisions of the endpoints controllers and the scheduler.
 
 pub mod alloc;
 pub mod api;
+pub mod deletion;
 pub mod endpoints;
+pub mod endpointslice;
+pub mod events;
 pub mod kubelet;
 pub mod managedfields;
 pub mod patch;
@@ -24,3 +31,4 @@ pub mod remotecommand;
 pub mod scheduler;
 pub mod selector;
 pub mod validation;
+pub mod workloads;

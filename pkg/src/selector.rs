@@ -68,6 +68,26 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, ParseError> {
     Ok(values)
 }
 
+/// The selector's string form (`app=web,tier in (a,b),!canary`), as `Scale.status.selector`
+/// and `kubectl get -l` write it; [`LabelSelector::parse`] reads it back.
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match &r.op {
+                Op::In(v) if v.len() == 1 => format!("{}={}", r.key, v[0]),
+                Op::NotIn(v) if v.len() == 1 => format!("{}!={}", r.key, v[0]),
+                Op::In(v) => format!("{} in ({})", r.key, v.join(",")),
+                Op::NotIn(v) => format!("{} notin ({})", r.key, v.join(",")),
+                Op::Exists => r.key.clone(),
+                Op::DoesNotExist => format!("!{}", r.key),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let mut reqs = vec![];
@@ -179,6 +199,13 @@ impl FieldSelector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_selector_prints_as_it_parses() {
+        for text in ["app=web", "app=web,tier in (a,b),!canary,track,env notin (x,y),x!=y"] {
+            assert_eq!(LabelSelector::parse(text).unwrap().to_string(), text);
+        }
+    }
+
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

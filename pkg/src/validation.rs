@@ -336,6 +336,40 @@ pub fn validate_endpoints(ep: &Endpoints) -> Vec<StatusCause> {
     c
 }
 
+/// An EndpointSlice: a known address type, 1 to 100 addresses per endpoint (IPv4 ones
+/// valid), at most 1,000 endpoints and 100 ports (kube-apiserver's limits).
+pub fn validate_endpoint_slice(s: &EndpointSlice) -> Vec<StatusCause> {
+    let mut c = vec![];
+    validate_meta(&s.metadata, NameRule::Subdomain, &mut c);
+    if !["IPv4", "IPv6", "FQDN"].contains(&s.address_type.as_str()) {
+        c.push(StatusCause::not_supported("addressType", &s.address_type, &["FQDN", "IPv4", "IPv6"]));
+    }
+    if s.endpoints.len() > 1000 {
+        c.push(StatusCause::invalid("endpoints", s.endpoints.len(), "must have at most 1000 items"));
+    }
+    for (i, e) in s.endpoints.iter().enumerate() {
+        if e.addresses.is_empty() || e.addresses.len() > 100 {
+            c.push(StatusCause::invalid(format!("endpoints[{i}].addresses"), e.addresses.len(), "must have between 1 and 100 items"));
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            if s.address_type == "IPv4" && a.parse::<Ipv4Addr>().is_err() {
+                c.push(StatusCause::invalid(format!("endpoints[{i}].addresses[{j}]"), format!("\"{a}\""), "must be a valid IPv4 address"));
+            }
+        }
+    }
+    let ports = s.ports.as_deref().unwrap_or(&[]);
+    if ports.len() > 100 {
+        c.push(StatusCause::invalid("ports", ports.len(), "must have at most 100 items"));
+    }
+    for (j, p) in ports.iter().enumerate() {
+        if let Some(n) = p.port {
+            port_valid(n, format!("ports[{j}].port"), &mut c);
+        }
+        protocol_valid(&p.protocol, format!("ports[{j}].protocol"), &mut c);
+    }
+    c
+}
+
 /// A key of a ConfigMap or Secret: at most 253 of `[-._a-zA-Z0-9]`, and not `.` or `..`
 /// (each key becomes a file name when mounted as a volume).
 pub fn is_config_key(k: &str) -> bool {

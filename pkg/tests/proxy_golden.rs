@@ -3,7 +3,7 @@
 //! the diff.
 
 use pkg::api::{Endpoints, Service};
-use pkg::proxy::{service_ports, Planner};
+use pkg::proxy::{backends_from_endpoints, service_ports, Planner};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -51,11 +51,7 @@ fn check(name: &str, got: &str) {
 }
 
 fn ports(services: &[Service], endpoints: &[Endpoints]) -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
-    let by_name: BTreeMap<String, &Endpoints> = endpoints
-        .iter()
-        .map(|e| (format!("{}/{}", e.metadata.namespace.as_deref().unwrap(), e.metadata.name.as_deref().unwrap()), e))
-        .collect();
-    service_ports(services, &by_name)
+    service_ports(services, &backends_from_endpoints(endpoints))
 }
 
 #[test]

@@ -73,7 +73,9 @@ fn handle(mut s: TcpStream, host: &str, version: &str) -> std::io::Result<()> {
     let ip = s.local_addr()?.ip().to_string();
     let (code, body) = route(path, host, &ip, version);
     let reason = if code == 200 { "OK" } else { "Service Unavailable" };
-    write!(s, "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    // One write: `write!` straight to the socket would send each piece as its own segment.
+    let response = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(response.as_bytes())
 }
 
 fn main() -> std::io::Result<()> {

@@ -99,6 +99,21 @@ impl Probes {
     }
 }
 
+/// The status code of an HTTP response. The status line may come in several segments (a
+/// busy server, a small first write): read until it is whole, the peer closes, or 1 KiB
+/// came without one.
+async fn status_code<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<u16>> {
+    let (mut head, mut n) = (vec![0u8; 1024], 0);
+    while n < head.len() && !head[..n].windows(2).any(|w| w == b"\r\n") {
+        match r.read(&mut head[n..]).await? {
+            0 => break,
+            got => n += got,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..n]);
+    Ok(line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()))
+}
+
 struct Job {
     ctx: Arc<Ctx>,
     pod: Arc<Pod>,
@@ -199,10 +214,7 @@ impl Job {
         }
         req.push_str("\r\n");
         s.write_all(req.as_bytes()).await.map_err(|e| Outcome::Failure(format!("Get \"{url}\": {e}")))?;
-        let mut head = vec![0u8; 1024];
-        let n = s.read(&mut head).await.map_err(|e| Outcome::Failure(format!("Get \"{url}\": {e}")))?;
-        let line = String::from_utf8_lossy(&head[..n]);
-        let code = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+        let code = status_code(&mut s).await.map_err(|e| Outcome::Failure(format!("Get \"{url}\": {e}")))?;
         Ok(code.map_or(Outcome::Failure(format!("Get \"{url}\": malformed HTTP response")), probe::http_outcome))
     }
 
@@ -224,5 +236,28 @@ impl Job {
         s.finish().await;
         let text = String::from_utf8_lossy(&out).trim().to_string();
         Ok(if code == 0 { Outcome::Success } else { Outcome::Failure(text) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status_code;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_status_line_in_pieces_is_read_whole() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for piece in ["HTTP/1.1 ", "2", "00 OK\r\n", "Content-Length: 0\r\n\r\n"] {
+                server.write_all(piece.as_bytes()).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(status_code(&mut client).await.unwrap(), Some(200));
+        writer.await.unwrap();
+        let (mut client, mut server) = tokio::io::duplex(64);
+        server.write_all(b"garbage").await.unwrap();
+        drop(server);
+        assert_eq!(status_code(&mut client).await.unwrap(), None, "no status line before EOF");
     }
 }

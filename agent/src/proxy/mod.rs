@@ -1,4 +1,4 @@
-//! kube-proxy (iptables mode): watch Services and Endpoints, keep the `nat` table's KUBE-*
+//! kube-proxy (iptables mode): watch Services and EndpointSlices, keep the `nat` table's KUBE-*
 //! chains in step with them.
 //!
 //! Each sync renders the rules ([`pkg::proxy`]) and loads them with one
@@ -14,8 +14,8 @@ pub mod iptables;
 
 use crate::client::{ns_name, Change, Client};
 use iptables::Runner;
-use pkg::api::{Endpoints, Service};
-use pkg::proxy::{jumps, service_ports, Planner, ServicePort};
+use pkg::api::{EndpointSlice, Service};
+use pkg::proxy::{backends_from_slices, jumps, service_ports, Backend, Planner, ServicePort};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -74,10 +74,10 @@ impl Proxier {
     }
 
     /// Converge the kernel's rules to these services and endpoints.
-    pub async fn sync(&mut self, services: &[&Service], endpoints: &BTreeMap<String, &Endpoints>) -> anyhow::Result<()> {
+    pub async fn sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>) -> anyhow::Result<()> {
         let start = Instant::now();
         let full = self.need_full;
-        let result = self.try_sync(services, endpoints, full).await;
+        let result = self.try_sync(services, backends, full).await;
         let mut st = self.stats.lock().unwrap();
         st.syncs += 1;
         st.last_sync_millis = start.elapsed().as_secs_f64() * 1000.0;
@@ -106,7 +106,7 @@ impl Proxier {
         self.need_full = true;
     }
 
-    async fn try_sync(&mut self, services: &[&Service], endpoints: &BTreeMap<String, &Endpoints>, full: bool) -> anyhow::Result<()> {
+    async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
         let mut existing = vec![];
         if full {
             for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])]
@@ -120,7 +120,7 @@ impl Proxier {
             }
             existing = iptables::chains(&self.runner.save("nat").await?);
         }
-        let ports = service_ports(services.iter().copied(), endpoints);
+        let ports = service_ports(services.iter().copied(), backends);
         let plan = self.planner.plan(&self.cluster_cidr, &ports, full, &existing);
         self.runner.restore(&plan.ruleset.text).await?;
         self.clear_udp_conntrack(&ports).await;
@@ -159,7 +159,7 @@ impl Proxier {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Svc(Change<Service>),
-    Ep(Change<Endpoints>),
+    Slice(Change<EndpointSlice>),
 }
 
 /// The proxy's loop: informers feed caches; each burst of changes becomes one sync; a
@@ -168,9 +168,9 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
     proxier.prepare_host().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     client.spawn_informer("/api/v1/services".into(), tx.clone(), Msg::Svc);
-    client.spawn_informer("/api/v1/endpoints".into(), tx, Msg::Ep);
+    client.spawn_informer("/apis/discovery.k8s.io/v1/endpointslices".into(), tx, Msg::Slice);
     let mut services: HashMap<String, Service> = HashMap::new();
-    let mut endpoints: HashMap<String, Endpoints> = HashMap::new();
+    let mut slices: HashMap<String, EndpointSlice> = HashMap::new();
     let (mut have_svcs, mut have_eps) = (false, false);
     let mut dirty = false;
     let mut next_full = Instant::now() + resync;
@@ -188,9 +188,9 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
                             have_svcs |= matches!(c, Change::Synced(_));
                             c.apply_to(&mut services, ns_name)
                         }
-                        Msg::Ep(c) => {
+                        Msg::Slice(c) => {
                             have_eps |= matches!(c, Change::Synced(_));
-                            c.apply_to(&mut endpoints, ns_name)
+                            c.apply_to(&mut slices, ns_name)
                         }
                     }
                 }
@@ -208,8 +208,8 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
             continue;
         }
         let svcs: Vec<&Service> = services.values().collect();
-        let eps: BTreeMap<String, &Endpoints> = endpoints.iter().map(|(k, v)| (k.clone(), v)).collect();
-        match proxier.sync(&svcs, &eps).await {
+        let backends = backends_from_slices(slices.values());
+        match proxier.sync(&svcs, &backends).await {
             Ok(()) => dirty = false,
             Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
         }

@@ -1,12 +1,12 @@
-//! The control loops that kube-controller-manager and kube-scheduler run, here inside the
-//! apiserver process. Each keeps a cache of the objects it cares about, filled by an
+//! The control loops that still run inside the apiserver on its own storage (node
+//! lifecycle, namespace deletion, default service accounts); the scheduler and the
+//! workload controllers moved to the `controllers` crate, which uses the HTTP API only,
+//! and these will follow. Each keeps a cache of the objects it cares about, filled by an
 //! *informer* (list, then watch from the list's revision, list again after any error) and
 //! rebuilt from etcd whenever it starts: nothing they know lives only in memory.
 
-pub mod endpoints;
 pub mod namespace;
 pub mod nodelifecycle;
-pub mod scheduler;
 pub mod serviceaccount;
 
 use crate::objects::Api;

@@ -16,6 +16,7 @@ pub async fn empty(api: &Api, ns: &str) -> Result<(), ApiError> {
     delete_all::<Service>(api, ns, None).await?;
     delete_all::<Pod>(api, ns, Some(0)).await?;
     delete_all::<Endpoints>(api, ns, None).await?;
+    delete_all::<EndpointSlice>(api, ns, None).await?;
     delete_all::<ConfigMap>(api, ns, None).await?;
     delete_all::<Secret>(api, ns, None).await?;
     delete_all::<ServiceAccount>(api, ns, None).await?;

@@ -58,6 +58,7 @@ fn add_kind(kind: &str, g: &mut SchemaGenerator) -> Option<(String, Value)> {
         "Lease" => add::<Lease>(g),
         "Deployment" => add::<Deployment>(g),
         "ReplicaSet" => add::<ReplicaSet>(g),
+        "EndpointSlice" => add::<EndpointSlice>(g),
         _ => return None,
     })
 }

@@ -32,6 +32,9 @@ pub use k8s_openapi::api::apps::v1::{
     ReplicaSetStatus, RollingUpdateDeployment,
 };
 pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+pub use k8s_openapi::api::discovery::v1::{
+    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
 pub use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, EnvVar, Event, EventSource, Namespace, NamespaceSpec,
@@ -54,6 +57,10 @@ impl Scope for k8s_openapi::NamespaceResourceScope {
 }
 impl Scope for k8s_openapi::ClusterResourceScope {
     const NAMESPACED: bool = false;
+}
+/// Subresource kinds (`Scale`) are decoded, never stored: their parents here are namespaced.
+impl Scope for k8s_openapi::SubResourceScope {
+    const NAMESPACED: bool = true;
 }
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();

@@ -10,7 +10,6 @@
 //! - [`env`]: a container's environment (`valueFrom`, `envFrom`, `$(VAR)` expansion);
 //! - [`volumes`]: the files a configMap, secret or downwardAPI volume holds;
 //! - [`resources`]: requests and limits as cgroup settings, and the QoS class;
-//! - [`events`]: which events to create and which to count up (the event correlator);
 //! - [`logs`]: the CRI log format containers' output is written in, and reading it back;
 //! - [`node`]: the node's heartbeat Lease.
 //!
@@ -21,7 +20,6 @@ pub mod actions;
 pub mod backoff;
 pub mod conditions;
 pub mod env;
-pub mod events;
 pub mod logs;
 pub mod node;
 pub mod phase;

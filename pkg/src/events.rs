@@ -1,6 +1,6 @@
-//! What the kubelet tells `kubectl describe`: events about a pod (and about each of its
-//! containers, `fieldPath: spec.containers{name}`), and how repeats are counted instead of
-//! piling up. The same event again (same object, reason and message) within 10 minutes
+//! What components tell `kubectl describe`: events about an object (a pod, one of its
+//! containers with `fieldPath: spec.containers{name}`, a ReplicaSet, a Deployment), and
+//! how repeats are counted instead of piling up. The same event again (same object, reason and message) within 10 minutes
 //! raises `count` on the existing Event (a PATCH), so `describe` shows `(x5 over 3m)`.
 //!
 //! Upstream: k8s.io/client-go/tools/record/events_cache.go (EventCorrelator), pkg/kubelet/events
@@ -11,6 +11,19 @@ use std::collections::HashMap;
 /// How long a repeat is counted on the same Event.
 pub const WINDOW_SECS: i64 = 600;
 const MAX_KEYS: usize = 4096;
+
+/// The object an event is about.
+pub fn object_ref<T: Object>(o: &T) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(T::API_VERSION.into()),
+        kind: Some(T::KIND.into()),
+        name: o.meta().name.clone(),
+        namespace: o.meta().namespace.clone(),
+        uid: o.meta().uid.clone(),
+        resource_version: o.meta().resource_version.clone(),
+        field_path: None,
+    }
+}
 
 /// The object an event is about: the pod, or one of its containers.
 pub fn pod_ref(pod: &Pod, container: Option<&str>) -> ObjectReference {
