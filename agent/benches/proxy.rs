@@ -1,12 +1,19 @@
-//! Benchmark: proxy sync times with the real iptables, in a throwaway network namespace.
-//! For 100, 1,000 and 5,000 services of 10 endpoints each: a full sync, a one-service
-//! change (partial sync), and `iptables-restore` alone loading the full ruleset into a
-//! fresh namespace in the same run.
+//! Benchmark: proxy sync times in both modes, with the real iptables and nft, in
+//! throwaway network namespaces. For 100, 1,000 and 5,000 services of 10 endpoints each:
+//! a full sync, a one-endpoint change and a one-service change (partial syncs), and the
+//! bare loader (`iptables-restore`, or the same chunked `nft -f` transactions) loading
+//! the full ruleset into a fresh namespace in the same run. Prints a table, writes
+//! `results/proxy.json` and a chart of full-sync time against services,
+//! `results/proxy.svg`. Asserts nothing.
+//!
+//!     cargo bench -p agent --bench proxy -- [--mode iptables|nftables|both] [SIZES...]
+//!
+//! (iptables at 5,000 services takes about 25 minutes on this machine.)
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
 
-use agent::proxy::{iptables::Runner, Proxier};
+use agent::proxy::{iptables::Runner, Mode, Proxier};
 use netns::Netns;
 use pkg::api::{Endpoints, Service};
 use serde_json::json;
@@ -18,9 +25,12 @@ fn world(n: usize) -> (Vec<Service>, Vec<Endpoints>) {
     for i in 0..n {
         let name = format!("svc-{i}");
         s.push(
-            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "bench"}, "spec": {"type": "NodePort",
+            // NodePorts for the first 2,700 (the range has 2,768), ClusterIP only after.
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "bench"}, "spec": {
+                "type": if i < 2700 { "NodePort" } else { "ClusterIP" },
                 "clusterIP": format!("10.96.{}.{}", i / 250, i % 250 + 1),
-                "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30000 + (i % 2700)}]}}))
+                "ports": [if i < 2700 { json!({"port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30000 + i}) }
+                          else { json!({"port": 80, "targetPort": 8080, "protocol": "TCP"}) }]}}))
             .unwrap(),
         );
         let addrs: Vec<_> = (0..10).map(|j| json!({"ip": format!("10.244.{}.{}", (i * 10 + j) / 250, (i * 10 + j) % 250 + 1)})).collect();
@@ -37,30 +47,99 @@ async fn sync(p: &mut Proxier, s: &[Service], e: &[Endpoints]) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// The bare loader: the last sync's text, loaded into an empty namespace by the mode's own tool.
+async fn bare_load(mode: Mode, text: &str) -> f64 {
+    let fresh = Netns::new("raw");
+    let raw = Runner::in_netns(&fresh.name);
+    let t = Instant::now();
+    match mode {
+        Mode::Iptables => raw.restore(text).await.expect("iptables-restore"),
+        Mode::Nftables => {
+            for tx in text.split("# --- next transaction ---\n") {
+                raw.nft_apply(tx).await.expect("nft -f");
+            }
+        }
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// One size in one mode: full sync, one endpoint less, one service more, bare loader.
+async fn measure(mode: Mode, n: usize) -> serde_json::Value {
+    let ns = Netns::new("bench");
+    let mut p = Proxier::with_mode(Runner::in_netns(&ns.name), "10.244.0.0/16", mode);
+    let (mut s, mut e) = world(n);
+    let full = sync(&mut p, &s, &e).await;
+    let stats = p.stats.lock().unwrap().clone();
+    e[n / 2].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
+    let endpoint = sync(&mut p, &s, &e).await;
+    let (s1, e1) = world(n + 1);
+    s.push(s1[n].clone());
+    e.push(e1[n].clone());
+    let service = sync(&mut p, &s, &e).await;
+    let bare = bare_load(mode, &stats.last_ruleset).await;
+    let mode_name = format!("{mode:?}").to_lowercase();
+    println!("{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3}", stats.rules);
+    json!({"mode": mode_name, "services": n, "endpoints_per_service": 10, "rules": stats.rules, "full_sync_s": full,
+           "one_endpoint_change_s": endpoint, "one_service_change_s": service, "bare_loader_s": bare})
+}
+
+/// Full-sync seconds against services, one line per mode, log-log.
+fn chart(rows: &[serde_json::Value]) -> String {
+    let (w, h, m) = (640.0, 400.0, 60.0);
+    let pts = |mode: &str| -> Vec<(f64, f64)> {
+        rows.iter().filter(|r| r["mode"] == mode).map(|r| (r["services"].as_f64().unwrap(), r["full_sync_s"].as_f64().unwrap().max(1e-3))).collect()
+    };
+    let (xmin, xmax, ymin, ymax) = (50f64.log10(), 10_000f64.log10(), 0.01f64.log10(), 3_000f64.log10());
+    let x = |v: f64| m + (v.log10() - xmin) / (xmax - xmin) * (w - 2.0 * m);
+    let y = |v: f64| h - m - (v.log10() - ymin) / (ymax - ymin) * (h - 2.0 * m);
+    let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n");
+    svg += &format!("<text x='{m}' y='24' font-size='14'>proxy full sync time (s) against services, 10 endpoints each (log-log)</text>\n");
+    for (t, v) in [("100", 100.0), ("1,000", 1000.0), ("5,000", 5000.0)] {
+        svg += &format!("<line x1='{0}' y1='{1}' x2='{0}' y2='{2}' stroke='#ddd'/><text x='{0}' y='{3}' text-anchor='middle'>{t}</text>\n", x(v), m, h - m, h - m + 18.0);
+    }
+    for (t, v) in [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0), ("10", 10.0), ("100", 100.0), ("1000", 1000.0)] {
+        svg += &format!("<line x1='{m}' y1='{0}' x2='{1}' y2='{0}' stroke='#ddd'/><text x='{2}' y='{3}' text-anchor='end'>{t}</text>\n", y(v), w - m, m - 6.0, y(v) + 4.0);
+    }
+    for (mode, color) in [("iptables", "#c0392b"), ("nftables", "#2471a3")] {
+        let p = pts(mode);
+        if p.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = p.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
+        svg += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" "));
+        for (a, b) in &p {
+            svg += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/><text x='{:.1}' y='{:.1}' fill='{color}'>{b:.2}</text>\n", x(*a), y(*b), x(*a) + 6.0, y(*b) - 6.0);
+        }
+        let (la, lb) = p[p.len() - 1];
+        svg += &format!("<text x='{:.1}' y='{:.1}' fill='{color}' font-weight='bold'>{mode}</text>\n", x(la) - 30.0, y(lb) + 20.0);
+    }
+    svg + "</svg>\n"
+}
+
 #[tokio::main]
 async fn main() {
-    println!("{:>9} {:>8} {:>13} {:>16} {:>22}", "services", "rules", "full sync s", "one change s", "iptables-restore s");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.iter().position(|a| a == "--mode").and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or("both");
+    let modes: Vec<Mode> = match mode {
+        "iptables" => vec![Mode::Iptables],
+        "nftables" => vec![Mode::Nftables],
+        _ => vec![Mode::Iptables, Mode::Nftables],
+    };
     // Sizes from the command line (`cargo bench -p agent --bench proxy -- 100 1000`).
-    let mut sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if sizes.is_empty() {
         sizes = vec![100, 1_000, 5_000];
     }
+    println!("{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}", "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s");
+    let mut rows = vec![];
     for n in sizes {
-        let ns = Netns::new("bench");
-        let mut p = Proxier::new(Runner::in_netns(&ns.name), "10.244.0.0/16");
-        let (s, mut e) = world(n);
-        let full = sync(&mut p, &s, &e).await;
-        let stats = p.stats.lock().unwrap().clone();
-        // One service loses an endpoint.
-        e[n / 2].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
-        let partial = sync(&mut p, &s, &e).await;
-        let written = p.stats.lock().unwrap().last_sync_service_ports_written;
-        // The same full ruleset loaded by iptables-restore alone, into an empty namespace.
-        let fresh = Netns::new("raw");
-        let raw = Runner::in_netns(&fresh.name);
-        let t = Instant::now();
-        raw.restore(&stats.last_ruleset).await.expect("restore");
-        let restore = t.elapsed().as_secs_f64();
-        println!("{n:>9} {:>8} {full:>13.3} {partial:>16.3} {restore:>22.3}   (partial wrote {written} service port)", stats.rules);
+        for &m in &modes {
+            rows.push(measure(m, n).await);
+        }
     }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../results");
+    std::fs::create_dir_all(dir).expect("results/");
+    std::fs::write(format!("{dir}/proxy.json"), serde_json::to_string_pretty(&json!({"benchmark": "proxy", "rows": rows})).unwrap()).unwrap();
+    std::fs::write(format!("{dir}/proxy.svg"), chart(&rows)).unwrap();
+    println!("wrote results/proxy.json and results/proxy.svg");
 }

@@ -8,7 +8,8 @@
 //! - [`runtime`]: containerd over gRPC (images, snapshots, containers, tasks);
 //! - [`registry`]: pulling images over the OCI distribution protocol;
 //! - [`network`]: bridge, veth, netns and addresses through rtnetlink;
-//! - [`proxy`]: kube-proxy's iptables mode, KUBE-SERVICES down to KUBE-SEP-*;
+//! - [`proxy`]: kube-proxy, iptables mode (KUBE-SERVICES down to KUBE-SEP-*) or nftables
+//!   mode (one `ip ownkube` table with verdict maps), from EndpointSlices;
 //! - [`exec`]: running a command in a container (`kubectl exec`) through containerd;
 //! - [`streaming`]: the node API the apiserver reaches: logs, exec, attach, port-forward;
 //! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, and the node API).

@@ -2,7 +2,7 @@
 
 use agent::client::Client;
 use agent::kubelet::{self, Kubelet};
-use agent::proxy::{iptables::Runner, Proxier};
+use agent::proxy::{iptables::Runner, Mode, Proxier};
 use agent::registry::Registries;
 use agent::runtime::Runtime;
 use clap::Parser;
@@ -39,6 +39,10 @@ struct Flags {
     /// How often the proxy rewrites every chain, repairing anything changed behind its back.
     #[arg(long, default_value_t = 30)]
     iptables_resync_seconds: u64,
+    /// How the proxy programs Services: KUBE-* chains through iptables, or one nftables
+    /// table with verdict maps (`nft list table ip ownkube`).
+    #[arg(long, value_enum, default_value_t = Mode::Iptables)]
+    proxy_mode: Mode,
     /// Registries reached over plain HTTP (repeatable).
     #[arg(long)]
     insecure_registry: Vec<String>,
@@ -74,9 +78,9 @@ async fn main() -> anyhow::Result<()> {
         registries.mirrors.insert(name.to_string(), url.to_string());
     }
     let client = Client::new(&flags.apiserver);
-    let proxier = Proxier::new(Runner::default(), &flags.cluster_cidr);
+    let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode);
     let state = agent::debug::DebugState { proxy: proxier.stats.clone() };
-    tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, "agent starting");
+    tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, proxy_mode = ?flags.proxy_mode, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
     let streaming = agent::streaming::Streaming {
         client: client.clone(),

@@ -100,8 +100,16 @@ fn sha(data: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(data))
 }
 
-/// Pull `image` into containerd. The error is the message a pod shows under ErrImagePull.
+/// Pull `image` into containerd, under a lease until the image record holds it all. The
+/// error is the message a pod shows under ErrImagePull.
 pub async fn pull(rt: &Runtime, http: &reqwest::Client, regs: &Registries, image: &str) -> Result<(), String> {
+    let lease = rt.lease().await.map_err(|e| e.to_string())?;
+    let r = pull_leased(rt, http, regs, image, &lease).await;
+    rt.end_lease(&lease).await;
+    r
+}
+
+async fn pull_leased(rt: &Runtime, http: &reqwest::Client, regs: &Registries, image: &str, lease: &str) -> Result<(), String> {
     let r = Reference::parse(image);
     let base = format!("{}/v2/{}", regs.endpoint(&r.registry), r.repository);
     // Registries such as Docker Hub answer 401 with where to get an (anonymous) pull token.
@@ -145,7 +153,7 @@ pub async fn pull(rt: &Runtime, http: &reqwest::Client, regs: &Registries, image
     let parsed = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).map_err(|e| format!("{image}: bad manifest: {e}"));
     let mut doc = parsed(&manifest)?;
     if is_index(&media) || doc.get("manifests").is_some() {
-        rt.write_blob(&top.digest, manifest.clone(), HashMap::new()).await.map_err(|e| e.to_string())?;
+        rt.write_blob_leased(Some(lease), &top.digest, manifest.clone(), HashMap::new()).await.map_err(|e| e.to_string())?;
         let m = pick_manifest(&doc).ok_or_else(|| format!("{image}: no manifest for this platform"))?;
         let digest = m["digest"].as_str().unwrap_or_default().to_string();
         (media, manifest) = fetch(format!("{base}/manifests/{digest}"), true).await?;
@@ -171,12 +179,12 @@ pub async fn pull(rt: &Runtime, http: &reqwest::Client, regs: &Registries, image
         if &sha(&blob) != digest {
             return Err(format!("{image}: blob {digest} does not match its digest"));
         }
-        rt.write_blob(digest, blob, HashMap::new()).await.map_err(|e| e.to_string())?;
+        rt.write_blob_leased(Some(lease), digest, blob, HashMap::new()).await.map_err(|e| e.to_string())?;
         let key =
             if i == 0 { "containerd.io/gc.ref.content.config".to_string() } else { format!("containerd.io/gc.ref.content.l.{}", i - 1) };
         labels.insert(key, digest.clone());
     }
-    rt.write_blob(&sha(&manifest), manifest, labels).await.map_err(|e| e.to_string())?;
+    rt.write_blob_leased(Some(lease), &sha(&manifest), manifest, labels).await.map_err(|e| e.to_string())?;
     rt.create_image(image, top).await.map_err(|e| e.to_string())
 }
 

@@ -1,8 +1,10 @@
-//! kube-proxy against the real `iptables` (nf_tables backend) inside throwaway network
-//! namespaces: a client reaches backends through a ClusterIP and a NodePort.
+//! kube-proxy against the real `iptables` (nf_tables backend) and the real `nft`, inside
+//! throwaway network namespaces: the same packet assertions hold in both modes — a client
+//! reaches every backend through a ClusterIP and a NodePort, a service without endpoints
+//! refuses, UDP flows move off a removed endpoint, a deleted service leaves no rule.
 
 mod netns;
-use agent::proxy::{iptables::Runner, Proxier};
+use agent::proxy::{iptables::Runner, Mode, Proxier};
 use netns::*;
 use pkg::api::{Endpoints, Service};
 use serde_json::json;
@@ -88,8 +90,40 @@ fn save(lab: &Lab, table: &str) -> String {
     out.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n")
 }
 
+/// What the mode wrote: the `nat` table (iptables) or ownkube's table (nftables).
+fn rules(lab: &Lab, mode: Mode) -> String {
+    match mode {
+        Mode::Iptables => save(lab, "nat"),
+        Mode::Nftables => exec(&lab.node.name, &["nft", "list", "table", "ip", "ownkube"]).1,
+    }
+}
+
+/// The per-service chains of `svc` in what [`rules`] returned.
+fn chains_of(rules: &str, mode: Mode, svc: &str) -> Vec<String> {
+    let mut out: Vec<String> = match mode {
+        Mode::Iptables => rules
+            .lines()
+            .filter(|l| l.contains(&format!("{svc}:")) && (l.starts_with("-A KUBE-SVC-") || l.starts_with("-A KUBE-SEP-")))
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect(),
+        Mode::Nftables => pkg::proxy::nftables::chains(rules).into_iter().filter(|c| c.contains(&format!("-{svc}/"))).collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_ip_and_node_port_reach_every_backend() {
+async fn iptables_mode_reaches_every_backend() {
+    reaches_every_backend(Mode::Iptables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_reaches_every_backend() {
+    reaches_every_backend(Mode::Nftables).await;
+}
+
+async fn reaches_every_backend(mode: Mode) {
     let lab = Lab::new(3);
     serve_backends(&lab);
     let node = lab.node.name.clone();
@@ -117,7 +151,7 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
         .0
     );
 
-    let mut proxier = Proxier::new(Runner::in_netns(&node), "10.244.0.0/16");
+    let mut proxier = Proxier::with_mode(Runner::in_netns(&node), "10.244.0.0/16", mode);
     proxier.prepare_host().await;
     let tcp = json!([{"port": 80, "targetPort": 8080, "nodePort": 30001, "protocol": "TCP"}]);
     let mut world = World {
@@ -178,40 +212,44 @@ async fn cluster_ip_and_node_port_reach_every_backend() {
     assert_eq!(hits.len(), 2);
 
     // Syncing again changes nothing.
-    let before = save(&lab, "nat");
+    world.sync(&mut proxier).await; // (nftables: deletes what the last sync flushed)
+    let before = rules(&lab, mode);
     world.sync(&mut proxier).await;
-    assert_eq!(save(&lab, "nat"), before);
+    assert_eq!(rules(&lab, mode), before);
 
     // A restarted proxy (nothing remembered) converges to the same rules, one set of jumps.
-    let mut restarted = Proxier::new(Runner::in_netns(&node), "10.244.0.0/16");
+    let mut restarted = Proxier::with_mode(Runner::in_netns(&node), "10.244.0.0/16", mode);
     world.sync(&mut restarted).await;
     world.sync(&mut restarted).await;
-    let nat = save(&lab, "nat");
-    assert_eq!(nat, before);
-    for jump in [
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
-        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
-    ] {
-        assert_eq!(nat.lines().filter(|l| *l == jump).count(), 1, "{jump}\n{nat}");
+    let now = rules(&lab, mode);
+    assert_eq!(chains_of(&now, mode, "default/web"), chains_of(&before, mode, "default/web"));
+    if mode == Mode::Iptables {
+        assert_eq!(now, before);
+        for jump in [
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+        ] {
+            assert_eq!(now.lines().filter(|l| *l == jump).count(), 1, "{jump}\n{now}");
+        }
     }
+    let hits = tcp_hits(&lab, "10.96.0.50:80", 100);
+    assert_eq!(hits.len(), 2, "after the restart: {hits:?}");
 
     // Deleting a service removes its chains; unrelated rules are still there.
-    let mut web_chains: Vec<String> = nat
-        .lines()
-        .filter(|l| l.contains("default/web:") && (l.starts_with("-A KUBE-SVC-") || l.starts_with("-A KUBE-SEP-")))
-        .map(|l| l.split(' ').nth(1).unwrap().to_string())
-        .collect();
-    web_chains.dedup();
-    assert_eq!(web_chains.len(), 3, "web's SVC chain and two SEP chains");
+    let web_chains = chains_of(&now, mode, "default/web");
+    let per_mode = if mode == Mode::Iptables { 3 } else { 4 };
+    assert_eq!(web_chains.len(), per_mode, "web's service chain (and external one, nftables) and two endpoint chains: {web_chains:?}");
     world.services.retain(|s| s.metadata.name.as_deref() != Some("web"));
     world.endpoints.retain(|e| e.metadata.name.as_deref() != Some("web"));
     world.sync(&mut restarted).await;
+    world.sync(&mut restarted).await; // (nftables: flushed, then deleted)
+    let now = rules(&lab, mode);
+    let left: Vec<&String> = web_chains.iter().filter(|c| now.contains(c.as_str())).collect();
+    assert!(left.is_empty(), "chains of the deleted service left: {left:?}\n{now}");
+    assert!(now.contains("default/dns"), "the other service stays:\n{now}");
+    assert!(!now.contains("default/web"), "{now}");
     let nat = save(&lab, "nat");
-    let left: Vec<&String> = web_chains.iter().filter(|c| nat.contains(c.as_str())).collect();
-    assert!(left.is_empty(), "chains of the deleted service left: {left:?}\n{nat}");
-    assert!(nat.contains("kube-system") || nat.contains("default/dns:dns"), "the other service stays");
-    assert!(!nat.contains("default/web"), "{nat}");
     assert!(nat.contains(":MY-CHAIN") && nat.contains("not ownkube"), "unrelated rules survive:\n{nat}");
     let refused = lab
         .client

@@ -365,3 +365,18 @@ async fn kubectl_rolls_deployments_out() {
     }
     assert!(failures.is_empty(), "kubectl workload checks failed with: {failures:?}");
 }
+
+/// The controllers apart from the apiserver, as `controller-manager --server URL` runs
+/// them: an apiserver with `--controllers=false` stores a ReplicaSet and nothing acts on
+/// it; controllers started later, with their own client, catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_run_apart_from_the_apiserver() {
+    let c = Cluster::start_with(|cfg| cfg.controllers = false).await;
+    let _kubelet = stand_in_kubelet(c.base.clone());
+    let rs = c.create(RS, replicaset("later", 2, "later")).await;
+    let uid = rs["metadata"]["uid"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(active_pods_of(&c, &uid).await.is_empty(), "no controller runs in this apiserver");
+    controllers::run(controllers::client_for(&c.base).unwrap());
+    eventually(15, "two pods from the controllers started apart", || async { (active_pods_of(&c, &uid).await.len() == 2).then_some(()) }).await;
+}

@@ -249,28 +249,29 @@ impl Collector {
         if let Some(state) = self.graph.owner_state(owner) {
             return Ok(state);
         }
-        let found = self.resources.iter().find(|r| r.ar.api_version == owner.api_version && r.ar.kind == owner.kind);
+        let found = self.resources.iter().position(|r| r.ar.api_version == owner.api_version && r.ar.kind == owner.kind);
         let (Some(r), Some(loc)) = (found, self.locs.get(dependent)) else {
             return Ok(Owner::Present); // a kind nobody serves: never collect on a guess
         };
-        let api: Api<DynamicObject> = match (&loc.ns, r.namespaced) {
-            (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &r.ar),
-            _ => Api::all_with(self.client.clone(), &r.ar),
-        };
-        Ok(match api.get_opt(&owner.name).await? {
+        Ok(match self.api(r, loc.ns.as_deref()).get_opt(&owner.name).await? {
             Some(o) if o.metadata.uid.as_deref() == Some(owner.uid.as_str()) => Owner::Present,
             _ => Owner::Absent, // gone, or a new object under the same name
         })
     }
 
-    fn api_of(&self, uid: &str) -> Option<(Api<DynamicObject>, &Loc)> {
-        let loc = self.locs.get(uid)?;
-        let r = &self.resources[loc.resource];
-        let api = match (&loc.ns, r.namespaced) {
+    /// The API of resource `r`, in namespace `ns` if it is namespaced.
+    fn api(&self, r: usize, ns: Option<&str>) -> Api<DynamicObject> {
+        let r = &self.resources[r];
+        match (ns, r.namespaced) {
             (Some(ns), true) => Api::namespaced_with(self.client.clone(), ns, &r.ar),
             _ => Api::all_with(self.client.clone(), &r.ar),
-        };
-        Some((api, loc))
+        }
+    }
+
+    /// The API an object of the graph is reached through, and where it is.
+    fn api_of(&self, uid: &str) -> Option<(Api<DynamicObject>, &Loc)> {
+        let loc = self.locs.get(uid)?;
+        Some((self.api(loc.resource, loc.ns.as_deref()), loc))
     }
 
     async fn delete(&self, uid: &str, policy: PropagationPolicy) -> Result<(), kube::Error> {

@@ -8,7 +8,8 @@
 //! - [`selector`]: label and field selectors;
 //! - [`alloc`]: CIDR and port-range arithmetic for the ClusterIP, NodePort and pod CIDR allocators;
 //! - [`remotecommand`]: the channels and status of `kubectl exec`/`attach`/`port-forward` streams;
-//! - [`proxy`]: kube-proxy's iptables ruleset, rendered from Services and Endpoints;
+//! - [`proxy`]: kube-proxy's model (service ports, which endpoints get traffic) and its two
+//!   renderers: [`proxy::iptables`] (`iptables-restore` text) and [`proxy::nftables`] (`nft -f`);
 //! - [`kubelet`]: the kubelet's decisions (phase, conditions, restarts, back-off, probes, env,
 //!   volumes, resources, CRI logs, the node Lease), as pure functions;
 //! - [`endpointslice`]: the EndpointSlices of a service (ready, serving, terminating) and how to converge them;

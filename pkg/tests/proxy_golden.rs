@@ -117,3 +117,24 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
     assert!(!plan.ruleset.text.contains("shop/api:http cluster IP"));
     assert!(plan.ruleset.text.contains(&format!("-X {}", want[0])));
 }
+
+/// The nftables mode, from the same fixture: the full sync's transactions, and the one
+/// transaction of a partial sync after an endpoint goes.
+#[test]
+fn nftables_syncs_match_golden() {
+    use pkg::proxy::nftables;
+    let (s, e) = fixture();
+    let mut planner = nftables::Planner::default();
+    let full = planner.plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
+    assert_eq!(full.transactions.len(), 2, "the fixed part with the chains, then the maps");
+    check("full.nft", &full.transactions.join("# --- next transaction ---\n"));
+    // webapp: 4 endpoint chains (2 rules each) + service (2) + external (2); api 2*2 + 2; dns 2 + 2; fixed 16.
+    assert_eq!(full.rules, 8 + 2 + 2 + 4 + 2 + 2 + 2 + 16);
+    planner.applied(full);
+    let mut e2 = e.clone();
+    e2[0].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
+    let partial = planner.plan("10.244.0.0/16", &ports(&s, &e2), false, &[]);
+    check("partial-endpoint-removed.nft", &partial.transactions[0]);
+    assert_eq!((partial.written, partial.flushed.len()), (1, 1), "webapp's service chain rewritten, one endpoint chain flushed");
+    assert!(!partial.transactions[0].contains("element"), "no map changes when only endpoints change");
+}

@@ -72,38 +72,49 @@ impl Runner {
 
     /// `iptables-save -t TABLE`.
     pub async fn save(&self, table: &str) -> Result<String, IptablesError> {
-        let out =
-            self.command("iptables-save", &["-t", table]).output().await.map_err(|e| IptablesError::Spawn("iptables-save".into(), e))?;
-        if !out.status.success() {
-            return Err(IptablesError::Failed {
-                cmd: "iptables-save".into(),
-                code: out.status.code(),
-                stderr: String::from_utf8_lossy(&out.stderr).into(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.output("iptables-save", &["-t", table]).await
     }
 
     /// Feed a ruleset to `iptables-restore --noflush`: each table's part is committed
     /// atomically, and chains the text does not name are left as they are.
     pub async fn restore(&self, text: &str) -> Result<(), IptablesError> {
-        let mut child = self
-            .command("iptables-restore", &["-w", "--noflush"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        self.pipe("iptables-restore", &["-w", "--noflush"], text).await
+    }
+
+    /// Run a program with `text` on its standard input; an error unless it exits 0.
+    pub async fn pipe(&self, program: &str, args: &[&str], text: &str) -> Result<(), IptablesError> {
+        let spawn_err = |e| IptablesError::Spawn(program.into(), e);
+        let mut child = self.command(program, args).stdin(Stdio::piped()).spawn().map_err(spawn_err)?;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(text.as_bytes()).await.map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        stdin.write_all(text.as_bytes()).await.map_err(spawn_err)?;
         drop(stdin);
-        let out = child.wait_with_output().await.map_err(|e| IptablesError::Spawn("iptables-restore".into(), e))?;
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
         if !out.status.success() {
-            return Err(IptablesError::Failed {
-                cmd: "iptables-restore --noflush".into(),
-                code: out.status.code(),
-                stderr: String::from_utf8_lossy(&out.stderr).into(),
-            });
+            let stderr = String::from_utf8_lossy(&out.stderr).into();
+            return Err(IptablesError::Failed { cmd: format!("{program} {}", args.join(" ")), code: out.status.code(), stderr });
         }
         Ok(())
+    }
+
+    /// Run a program and return its standard output; an error unless it exits 0.
+    pub async fn output(&self, program: &str, args: &[&str]) -> Result<String, IptablesError> {
+        let out = self.command(program, args).output().await.map_err(|e| IptablesError::Spawn(program.into(), e))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).into();
+            return Err(IptablesError::Failed { cmd: format!("{program} {}", args.join(" ")), code: out.status.code(), stderr });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Remove the jumps into the KUBE-* chains from the built-in chains (what the
+    /// nftables mode does at start, so that a node switched from iptables is not
+    /// proxied twice). The KUBE-* chains stay, unreachable.
+    pub async fn remove_jumps(&self) {
+        for (table, chain, rule) in pkg::proxy::jumps() {
+            let mut args = vec!["-w", "-t", table, "-D", chain];
+            args.extend(rule.iter().map(String::as_str));
+            while let Ok(true) = self.run("iptables", &args).await {}
+        }
     }
 }
 

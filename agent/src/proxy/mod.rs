@@ -11,10 +11,12 @@
 //! in the kernel while the agent is down.
 
 pub mod iptables;
+pub mod nftables;
 
 use crate::client::{ns_name, Change, Client};
 use iptables::Runner;
 use pkg::api::{EndpointSlice, Service};
+use pkg::proxy::nftables as nft;
 use pkg::proxy::{backends_from_slices, jumps, service_ports, Backend, Planner, ServicePort};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -42,21 +44,47 @@ pub struct Stats {
     pub last_ruleset: String,
 }
 
+/// Which of kube-proxy's two modes writes the rules (`--proxy-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// KUBE-* chains in the `nat` and `filter` tables (`iptables-restore`).
+    #[default]
+    Iptables,
+    /// One `ip ownkube` table with verdict maps (`nft -f`).
+    Nftables,
+}
+
+/// The planner of the mode in use.
+enum Engine {
+    Iptables(Planner),
+    Nftables(nft::Planner),
+}
+
 pub struct Proxier {
     runner: Runner,
     cluster_cidr: String,
-    planner: Planner,
+    engine: Engine,
     last_ports: BTreeMap<(String, String), ServicePort>,
     need_full: bool,
     pub stats: Arc<Mutex<Stats>>,
 }
 
 impl Proxier {
+    /// A proxier in iptables mode.
     pub fn new(runner: Runner, cluster_cidr: &str) -> Proxier {
+        Self::with_mode(runner, cluster_cidr, Mode::Iptables)
+    }
+
+    pub fn with_mode(runner: Runner, cluster_cidr: &str, mode: Mode) -> Proxier {
+        let engine = match mode {
+            Mode::Iptables => Engine::Iptables(Planner::default()),
+            Mode::Nftables => Engine::Nftables(nft::Planner::default()),
+        };
         Proxier {
             runner,
             cluster_cidr: cluster_cidr.to_string(),
-            planner: Planner::default(),
+            engine,
             last_ports: BTreeMap::new(),
             need_full: true,
             stats: Default::default(),
@@ -93,7 +121,10 @@ impl Proxier {
             Err(e) => {
                 // Whatever is in the kernel now, the next sync rewrites it all.
                 self.need_full = true;
-                self.planner.reset();
+                match &mut self.engine {
+                    Engine::Iptables(p) => p.reset(),
+                    Engine::Nftables(p) => p.reset(),
+                }
                 st.failed_syncs += 1;
                 st.last_error = Some(format!("{e:#}"));
             }
@@ -106,9 +137,36 @@ impl Proxier {
         self.need_full = true;
     }
 
+    /// Whether stale nftables chains wait for the next sync to be deleted.
+    pub fn pending(&self) -> bool {
+        matches!(&self.engine, Engine::Nftables(p) if p.pending())
+    }
+
     async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
+        let ports = service_ports(services.iter().copied(), backends);
+        let (rules, written, deleted, text) = match &self.engine {
+            Engine::Iptables(_) => self.sync_iptables(&ports, full).await?,
+            Engine::Nftables(_) => self.sync_nftables(&ports, full).await?,
+        };
+        self.clear_udp_conntrack(&ports).await;
+        {
+            let mut st = self.stats.lock().unwrap();
+            st.rules = rules;
+            st.service_ports = ports.len();
+            st.last_sync_service_ports_written = written;
+            st.last_sync_chains_deleted = deleted;
+            st.last_ruleset = text;
+        }
+        tracing::debug!(full, written, deleted, rules, "proxy synced");
+        self.last_ports = ports;
+        Ok(())
+    }
+
+    /// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
+    async fn sync_iptables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<(usize, usize, usize, String)> {
         let mut existing = vec![];
         if full {
+            self.runner.nft_delete_table().await; // left by the nftables mode, if it ran here
             for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])]
             {
                 for c in chains {
@@ -120,22 +178,29 @@ impl Proxier {
             }
             existing = iptables::chains(&self.runner.save("nat").await?);
         }
-        let ports = service_ports(services.iter().copied(), backends);
-        let plan = self.planner.plan(&self.cluster_cidr, &ports, full, &existing);
+        let Engine::Iptables(planner) = &mut self.engine else { unreachable!("iptables engine") };
+        let plan = planner.plan(&self.cluster_cidr, ports, full, &existing);
         self.runner.restore(&plan.ruleset.text).await?;
-        self.clear_udp_conntrack(&ports).await;
-        {
-            let mut st = self.stats.lock().unwrap();
-            st.rules = plan.ruleset.rules;
-            st.service_ports = ports.len();
-            st.last_sync_service_ports_written = plan.written;
-            st.last_sync_chains_deleted = plan.deleted.len();
-            st.last_ruleset = plan.ruleset.text.clone();
+        let out = (plan.ruleset.rules, plan.written, plan.deleted.len(), plan.ruleset.text.clone());
+        planner.applied(plan);
+        Ok(out)
+    }
+
+    /// nftables mode: each transaction of the plan through `nft -f -`, in order.
+    async fn sync_nftables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<(usize, usize, usize, String)> {
+        let mut existing = vec![];
+        if full {
+            self.runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
+            existing = self.runner.nft_chains().await;
         }
-        tracing::debug!(full, written = plan.written, deleted = plan.deleted.len(), rules = plan.ruleset.rules, "proxy synced");
-        self.planner.applied(plan);
-        self.last_ports = ports;
-        Ok(())
+        let Engine::Nftables(planner) = &mut self.engine else { unreachable!("nftables engine") };
+        let plan = planner.plan(&self.cluster_cidr, ports, full, &existing);
+        for tx in &plan.transactions {
+            self.runner.nft_apply(tx).await?;
+        }
+        let out = (plan.rules, plan.written, plan.deleted.len(), plan.transactions.join("# --- next transaction ---\n"));
+        planner.applied(plan);
+        Ok(out)
     }
 
     /// UDP has no connection to close: conntrack keeps sending a flow to the endpoint it
@@ -210,7 +275,8 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
         let svcs: Vec<&Service> = services.values().collect();
         let backends = backends_from_slices(slices.values());
         match proxier.sync(&svcs, &backends).await {
-            Ok(()) => dirty = false,
+            // Stale nftables chains are deleted by the next sync: make it come (after 1 s).
+            Ok(()) => dirty = proxier.pending(),
             Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
         }
     }

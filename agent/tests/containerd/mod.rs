@@ -134,13 +134,23 @@ pub fn busybox_image(cmd: &[&str]) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-/// Put an image into containerd as a local build would (`ctr images import`).
+/// Put an image into containerd as a local build would (`ctr images import`): the
+/// manifest (last) carries the labels that tell containerd's garbage collector it holds
+/// the config and the layers, which nothing else refers to.
 pub async fn import(rt: &Runtime, name: &str, blobs: Vec<(String, Vec<u8>)>) {
     let mut target = None;
-    for (media, data) in blobs {
+    let mut refs = HashMap::new();
+    let last = blobs.len() - 1;
+    for (i, (media, data)) in blobs.into_iter().enumerate() {
         let digest = sha(&data);
         let size = data.len() as i64;
-        rt.write_blob(&digest, data, HashMap::new()).await.unwrap();
+        let labels = if i == last { std::mem::take(&mut refs) } else { HashMap::new() };
+        rt.write_blob(&digest, data, labels).await.unwrap();
+        if media.contains("config") {
+            refs.insert("containerd.io/gc.ref.content.config".to_string(), digest.clone());
+        } else if media.contains("layer") {
+            refs.insert(format!("containerd.io/gc.ref.content.l.{}", refs.len()), digest.clone());
+        }
         target = Some(Descriptor { media_type: media, digest, size, annotations: HashMap::new() });
     }
     rt.create_image(name, target.unwrap()).await.unwrap();

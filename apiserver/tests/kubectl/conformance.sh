@@ -4,23 +4,8 @@
 #   KUBECTL=/path/to/kubectl SERVER=http://127.0.0.1:PORT ETCD=http://127.0.0.1:PORT NS=name conformance.sh
 # Prints one line per check and "N passed, M failed"; exits non-zero if any failed.
 set -uo pipefail
+. "$(dirname "$0")/lib.sh"
 : "${KUBECTL:?} ${SERVER:?} ${ETCD:?} ${NS:?}"
-CACHE=$(mktemp -d)
-WORK=$(mktemp -d)
-trap 'rm -rf "$CACHE" "$WORK"' EXIT
-passed=0 failed=0
-k() { KUBECONFIG=/dev/null "$KUBECTL" --server "$SERVER" --cache-dir "$CACHE" -n "$NS" "$@"; }
-check() { # description, command...
-  local what=$1; shift
-  local out
-  if out=$("$@" 2>&1); then passed=$((passed + 1)); echo "ok   - $what"
-  else failed=$((failed + 1)); echo "FAIL - $what"; sed 's/^/       /' <<<"$out" | tail -5; fi
-}
-equals() { # expected, command...
-  local want=$1; shift
-  local got; got=$("$@" 2>&1)
-  [[ $got == "$want" ]] || { echo "wanted [$want], got [$got]"; return 1; }
-}
 stored() { ETCDCTL_API=3 etcdctl --endpoints "$ETCD" get "$1" --print-value-only; }
 
 check "create namespace" k create namespace "$NS"

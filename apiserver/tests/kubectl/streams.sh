@@ -6,25 +6,11 @@
 #   KUBECTL=... SERVER=http://127.0.0.1:PORT NS=default POD=name IMAGE=... TAG=x streams.sh
 # POD runs busybox with `httpd -p 8080`. Prints one line per check and "N passed, M failed".
 set -uo pipefail
+. "$(dirname "$0")/lib.sh"
 : "${KUBECTL:?} ${SERVER:?} ${NS:?} ${POD:?} ${IMAGE:?} ${TAG:?}"
-CACHE=$(mktemp -d)
-WORK=$(mktemp -d)
 pf=
 trap '[[ -n $pf ]] && kill $pf 2>/dev/null; rm -rf "$CACHE" "$WORK"' EXIT
-passed=0 failed=0
-k() { KUBECONFIG=/dev/null "$KUBECTL" --server "$SERVER" --cache-dir "$CACHE" -n "$NS" "$@"; }
 export -f k; export KUBECTL SERVER CACHE NS
-check() { # description, command...
-  local what=$1; shift
-  local out
-  if out=$(timeout 60 bash -c '"$@"' check "$@" 2>&1); then passed=$((passed + 1)); echo "ok   - $what"
-  else failed=$((failed + 1)); echo "FAIL - $what"; sed 's/^/       /' <<<"$out" | tail -5; fi
-}
-equals() { # expected, command...
-  local want=$1; shift
-  local got; got=$("$@" 2>&1)
-  [[ $got == "$want" ]] || { echo "wanted [$want], got [$got]"; return 1; }
-}
 export -f equals
 
 check "exec -- cat /etc/hostname" equals "$POD" k exec "$POD" -- cat /etc/hostname

@@ -6,32 +6,8 @@
 #   KUBECTL=/path/to/kubectl SERVER=http://127.0.0.1:PORT NS=name workloads.sh
 # Prints one line per check and "N passed, M failed"; exits non-zero if any failed.
 set -uo pipefail
+. "$(dirname "$0")/lib.sh"
 : "${KUBECTL:?} ${SERVER:?} ${NS:?}"
-CACHE=$(mktemp -d)
-trap 'rm -rf "$CACHE"' EXIT
-passed=0 failed=0
-k() { KUBECONFIG=/dev/null "$KUBECTL" --server "$SERVER" --cache-dir "$CACHE" -n "$NS" "$@"; }
-check() { # description, command...
-  local what=$1; shift
-  local out
-  if out=$("$@" 2>&1); then passed=$((passed + 1)); echo "ok   - $what"
-  else failed=$((failed + 1)); echo "FAIL - $what"; sed 's/^/       /' <<<"$out" | tail -5; fi
-}
-equals() { # expected, command...
-  local want=$1; shift
-  local got; got=$("$@" 2>&1)
-  [[ $got == "$want" ]] || { echo "wanted [$want], got [$got]"; return 1; }
-}
-contains() { # expected substring, command...
-  local want=$1; shift
-  local got; got=$("$@" 2>&1)
-  [[ $got == *"$want"* ]] || { echo "wanted [$want] in:"; echo "$got"; return 1; }
-}
-eventually() { # seconds, command...
-  local secs=$1; shift
-  for _ in $(seq $((secs * 4))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.25; done
-  "$@"
-}
 image() { k get deployment web -o 'jsonpath={.spec.template.spec.containers[0].image}'; }
 rolled() { k rollout status deployment/web --timeout=30s; }
 
@@ -64,5 +40,4 @@ check "describe shows ScalingReplicaSet events" contains "ScalingReplicaSet" k d
 check "delete deployment" contains "deleted" k delete deployment web
 no_pods() { [[ -z $(k get pods,rs -l app=web --no-headers 2>/dev/null) ]]; }
 check "its ReplicaSets and pods go with it" eventually 20 no_pods
-echo "$passed passed, $failed failed"
-[[ $failed == 0 ]]
+finish
