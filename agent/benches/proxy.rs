@@ -6,7 +6,7 @@
 //! `results/proxy.json` and a chart of full-sync time against services,
 //! `results/proxy.svg`. Asserts nothing.
 //!
-//!     cargo bench -p agent --bench proxy -- [--mode iptables|nftables|both] [SIZES...]
+//!     cargo bench -p agent --bench proxy -- [--mode iptables|nftables|both] [N | N:MODE ...]
 //!
 //! (iptables at 5,000 services takes about 25 minutes on this machine.)
 
@@ -87,7 +87,10 @@ async fn measure(mode: Mode, n: usize) -> serde_json::Value {
 fn chart(rows: &[serde_json::Value]) -> String {
     let (w, h, m) = (640.0, 400.0, 60.0);
     let pts = |mode: &str| -> Vec<(f64, f64)> {
-        rows.iter().filter(|r| r["mode"] == mode).map(|r| (r["services"].as_f64().unwrap(), r["full_sync_s"].as_f64().unwrap().max(1e-3))).collect()
+        rows.iter()
+            .filter(|r| r["mode"] == mode)
+            .map(|r| (r["services"].as_f64().unwrap(), r["full_sync_s"].as_f64().unwrap().max(1e-3)))
+            .collect()
     };
     let (xmin, xmax, ymin, ymax) = (50f64.log10(), 10_000f64.log10(), 0.01f64.log10(), 3_000f64.log10());
     let x = |v: f64| m + (v.log10() - xmin) / (xmax - xmin) * (w - 2.0 * m);
@@ -95,10 +98,22 @@ fn chart(rows: &[serde_json::Value]) -> String {
     let mut svg = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n");
     svg += &format!("<text x='{m}' y='24' font-size='14'>proxy full sync time (s) against services, 10 endpoints each (log-log)</text>\n");
     for (t, v) in [("100", 100.0), ("1,000", 1000.0), ("5,000", 5000.0)] {
-        svg += &format!("<line x1='{0}' y1='{1}' x2='{0}' y2='{2}' stroke='#ddd'/><text x='{0}' y='{3}' text-anchor='middle'>{t}</text>\n", x(v), m, h - m, h - m + 18.0);
+        svg += &format!(
+            "<line x1='{0}' y1='{1}' x2='{0}' y2='{2}' stroke='#ddd'/><text x='{0}' y='{3}' text-anchor='middle'>{t}</text>\n",
+            x(v),
+            m,
+            h - m,
+            h - m + 18.0
+        );
     }
     for (t, v) in [("0.01", 0.01), ("0.1", 0.1), ("1", 1.0), ("10", 10.0), ("100", 100.0), ("1000", 1000.0)] {
-        svg += &format!("<line x1='{m}' y1='{0}' x2='{1}' y2='{0}' stroke='#ddd'/><text x='{2}' y='{3}' text-anchor='end'>{t}</text>\n", y(v), w - m, m - 6.0, y(v) + 4.0);
+        svg += &format!(
+            "<line x1='{m}' y1='{0}' x2='{1}' y2='{0}' stroke='#ddd'/><text x='{2}' y='{3}' text-anchor='end'>{t}</text>\n",
+            y(v),
+            w - m,
+            m - 6.0,
+            y(v) + 4.0
+        );
     }
     for (mode, color) in [("iptables", "#c0392b"), ("nftables", "#2471a3")] {
         let p = pts(mode);
@@ -108,7 +123,13 @@ fn chart(rows: &[serde_json::Value]) -> String {
         let path: Vec<String> = p.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
         svg += &format!("<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n", path.join(" "));
         for (a, b) in &p {
-            svg += &format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/><text x='{:.1}' y='{:.1}' fill='{color}'>{b:.2}</text>\n", x(*a), y(*b), x(*a) + 6.0, y(*b) - 6.0);
+            svg += &format!(
+                "<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/><text x='{:.1}' y='{:.1}' fill='{color}'>{b:.2}</text>\n",
+                x(*a),
+                y(*b),
+                x(*a) + 6.0,
+                y(*b) - 6.0
+            );
         }
         let (la, lb) = p[p.len() - 1];
         svg += &format!("<text x='{:.1}' y='{:.1}' fill='{color}' font-weight='bold'>{mode}</text>\n", x(la) - 30.0, y(lb) + 20.0);
@@ -125,21 +146,36 @@ async fn main() {
         "nftables" => vec![Mode::Nftables],
         _ => vec![Mode::Iptables, Mode::Nftables],
     };
-    // Sizes from the command line (`cargo bench -p agent --bench proxy -- 100 1000`).
-    let mut sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    // Sizes from the command line (`-- 100 1000 5000:nftables`: a size for one mode only).
+    let mut sizes: Vec<(usize, Option<Mode>)> = args
+        .iter()
+        .filter_map(|a| {
+            let (n, m) = a.split_once(':').map_or((a.as_str(), None), |(n, m)| (n, Some(m)));
+            let mode = match m {
+                Some("iptables") => Some(Mode::Iptables),
+                Some("nftables") => Some(Mode::Nftables),
+                _ => None,
+            };
+            Some((n.parse().ok()?, mode))
+        })
+        .collect();
     if sizes.is_empty() {
-        sizes = vec![100, 1_000, 5_000];
+        sizes = vec![(100, None), (1_000, None), (5_000, None)];
     }
-    println!("{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}", "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s");
+    println!(
+        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}",
+        "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s"
+    );
     let mut rows = vec![];
-    for n in sizes {
-        for &m in &modes {
+    for (n, only) in sizes {
+        for &m in modes.iter().filter(|m| only.is_none_or(|o| o == **m)) {
             rows.push(measure(m, n).await);
         }
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../results");
     std::fs::create_dir_all(dir).expect("results/");
-    std::fs::write(format!("{dir}/proxy.json"), serde_json::to_string_pretty(&json!({"benchmark": "proxy", "rows": rows})).unwrap()).unwrap();
+    std::fs::write(format!("{dir}/proxy.json"), serde_json::to_string_pretty(&json!({"benchmark": "proxy", "rows": rows})).unwrap())
+        .unwrap();
     std::fs::write(format!("{dir}/proxy.svg"), chart(&rows)).unwrap();
     println!("wrote results/proxy.json and results/proxy.svg");
 }

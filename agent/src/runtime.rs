@@ -299,7 +299,10 @@ impl Runtime {
             let key = format!("extract-{}-{chain}", rand::random::<u32>());
             let parent = if i == 0 { String::new() } else { chains[i - 1].clone() };
             let mounts = snaps
-                .prepare(leased(PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone(), parent, labels: HashMap::new() }, lease))
+                .prepare(leased(
+                    PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.clone(), parent, labels: HashMap::new() },
+                    lease,
+                ))
                 .await?
                 .into_inner()
                 .mounts;
@@ -310,7 +313,12 @@ impl Runtime {
                 Ok(_) => {
                     snaps
                         .commit(leased(
-                            CommitSnapshotRequest { snapshotter: SNAPSHOTTER.into(), name: chain.clone(), key: key.clone(), labels: HashMap::new() },
+                            CommitSnapshotRequest {
+                                snapshotter: SNAPSHOTTER.into(),
+                                name: chain.clone(),
+                                key: key.clone(),
+                                labels: HashMap::new(),
+                            },
                             lease,
                         ))
                         .await
@@ -376,12 +384,15 @@ impl Runtime {
         let mut snaps = SnapshotsClient::new(self.channel.clone());
         if !self.snapshot_exists(id).await? {
             snaps
-                .prepare(leased(PrepareSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: id.into(),
-                    parent: chain_id.into(),
-                    labels: HashMap::new(),
-                }, lease))
+                .prepare(leased(
+                    PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: id.into(),
+                        parent: chain_id.into(),
+                        labels: HashMap::new(),
+                    },
+                    lease,
+                ))
                 .await?;
         }
         let container = Container {
@@ -397,7 +408,8 @@ impl Runtime {
             snapshot_key: id.into(),
             ..Default::default()
         };
-        match ContainersClient::new(self.channel.clone()).create(leased(CreateContainerRequest { container: Some(container) }, lease)).await {
+        match ContainersClient::new(self.channel.clone()).create(leased(CreateContainerRequest { container: Some(container) }, lease)).await
+        {
             Err(e) if e.code() != Code::AlreadyExists => Err(e.into()),
             _ => Ok(()),
         }

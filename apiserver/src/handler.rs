@@ -8,13 +8,13 @@ use crate::codec::{self, BodyType, FieldValidation, Output};
 use crate::error::ApiError;
 use crate::list::{self, ListQuery};
 use crate::objects::{Api, DeleteOpts, Write};
-use pkg::deletion::Propagation;
 use crate::printers::{self, Printable};
 use crate::registry::Strategy;
 use crate::watch;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use pkg::deletion::Propagation;
 use pkg::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -84,7 +84,7 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
         (Method::DELETE, Some(name), None) => delete::<T>(api, name, &r).await,
-        (Method::GET | Method::PUT | Method::PATCH, Some(name), Some("scale")) => crate::scale::handle::<T>(api, &method, name, &r).await,
+        (Method::GET | Method::PUT | Method::PATCH, Some(name), Some("scale")) => crate::scale::handle::<T>(api, method, name, &r).await,
         (Method::POST, Some(name), Some("binding")) if T::KIND == "Pod" => crate::binding::bind(api, name, &r).await,
         (m, _, sub) => Err(ApiError::new(
             405,
@@ -249,7 +249,9 @@ pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOp
     let propagation = match p.get("propagationPolicy").map(String::as_str).or(opts["propagationPolicy"].as_str()) {
         None | Some("") => None,
         Some(pol) => Some(Propagation::parse(pol).ok_or_else(|| {
-            ApiError::bad_request(format!("propagationPolicy: Unsupported value: {pol:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""))
+            ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {pol:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+            ))
         })?),
     };
     // The old `orphanDependents` flag, which kubectl no longer sends but clients may.

@@ -368,7 +368,9 @@ impl Api {
                 return Ok(o);
             }
             let rv: i64 = old.meta().resource_version.as_deref().unwrap_or("0").parse().unwrap_or(0);
-            if let Committed::Ok(rev) = self.store.commit(&[(key.clone(), Expect::Revision(rv))], vec![self.put_op(&key, &o).await?]).await? {
+            if let Committed::Ok(rev) =
+                self.store.commit(&[(key.clone(), Expect::Revision(rv))], vec![self.put_op(&key, &o).await?]).await?
+            {
                 o.meta_mut().resource_version = Some(rev.to_string());
                 return Ok(o);
             }
@@ -421,7 +423,9 @@ impl Api {
         for _ in 0..RETRIES {
             let old: T = self.get(ns, name).await?;
             let rv = old.meta().resource_version.clone().unwrap_or_default();
-            if opts.precondition_rv.as_ref().is_some_and(|p| *p != rv) || opts.precondition_uid.as_ref().is_some_and(|u| Some(u.as_str()) != old.uid()) {
+            if opts.precondition_rv.as_ref().is_some_and(|p| *p != rv)
+                || opts.precondition_uid.as_ref().is_some_and(|u| Some(u.as_str()) != old.uid())
+            {
                 return Err(ApiError::conflict(T::KIND, name));
             }
             let mut marked = old.clone();
@@ -429,7 +433,11 @@ impl Api {
                 // A pod its kubelet must stop first: marked, with the policy's finalizers.
                 let f = deletion::finalizers_after(old.meta().finalizers.as_deref().unwrap_or(&[]), opts.propagation);
                 marked.meta_mut().finalizers = Some(f).filter(|f| !f.is_empty());
-                if marked.meta() == old.meta() { Outcome::Unchanged } else { Outcome::Mark(Box::new(marked.meta().clone())) }
+                if marked.meta() == old.meta() {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Mark(Box::new(marked.meta().clone()))
+                }
             } else {
                 deletion::delete(old.meta(), opts.propagation, &pkg::api::now())
             };

@@ -5,10 +5,10 @@
 //! Upstream: k8s.io/kubernetes/pkg/registry/core/{pod,service,node,...}/strategy.go
 
 use crate::Config;
+use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec, ScaleStatus};
 use pkg::alloc::first_free;
 use pkg::api::*;
 use pkg::validation::{self, ServiceRanges};
-use k8s_openapi::api::autoscaling::v1::{Scale, ScaleSpec, ScaleStatus};
 use serde_json::Value;
 use std::collections::HashSet;
 

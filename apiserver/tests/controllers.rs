@@ -102,7 +102,8 @@ async fn endpoints_follow_pods_and_services() {
 
 /// The service's slices' endpoints: (ip, ready, serving, terminating), sorted.
 async fn slice_endpoints(c: &Cluster, svc: &str) -> Vec<(String, bool, bool, bool)> {
-    let (_, list) = c.get(&format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={svc}")).await;
+    let (_, list) =
+        c.get(&format!("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name={svc}")).await;
     let mut out: Vec<_> = list["items"]
         .as_array()
         .into_iter()

@@ -22,7 +22,13 @@ async fn patch(c: &Cluster, path: &str, body: Value) -> (u16, Value) {
 }
 
 async fn delete_with(c: &Cluster, path: &str, policy: &str) -> (u16, Value) {
-    let r = c.http.delete(c.url(path)).json(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy})).send().await.unwrap();
+    let r = c
+        .http
+        .delete(c.url(path))
+        .json(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": policy}))
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -103,9 +109,18 @@ async fn replicasets_keep_their_pods() {
 
     // Scale through the `scale` subresource (as `kubectl scale` does): down to 1.
     let (code, scale) = c.get(&format!("{RS}/web/scale")).await;
-    assert_eq!((code, scale["kind"].as_str(), scale["apiVersion"].as_str(), scale["spec"]["replicas"].as_i64()), (200, Some("Scale"), Some("autoscaling/v1"), Some(3)), "{scale}");
+    assert_eq!(
+        (code, scale["kind"].as_str(), scale["apiVersion"].as_str(), scale["spec"]["replicas"].as_i64()),
+        (200, Some("Scale"), Some("autoscaling/v1"), Some(3)),
+        "{scale}"
+    );
     assert_eq!(scale["status"]["selector"], "app=web");
-    let (code, v) = c.put(&format!("{RS}/web/scale"), &json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web"}, "spec": {"replicas": 1}})).await;
+    let (code, v) = c
+        .put(
+            &format!("{RS}/web/scale"),
+            &json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web"}, "spec": {"replicas": 1}}),
+        )
+        .await;
     assert_eq!(code, 200, "{v}");
     eventually(10, "one pod left", || async { (active_pods_of(&c, &uid).await.len() == 1).then_some(()) }).await;
 
@@ -160,7 +175,8 @@ async fn complete(c: &Cluster, name: &str, generation: i64) {
         let d = c.get(&format!("{DEPLOY}/{name}")).await.1;
         let s = &d["status"];
         let want = d["spec"]["replicas"].clone();
-        (s["observedGeneration"] == generation && s["updatedReplicas"] == want && s["availableReplicas"] == want && s["replicas"] == want).then_some(())
+        (s["observedGeneration"] == generation && s["updatedReplicas"] == want && s["availableReplicas"] == want && s["replicas"] == want)
+            .then_some(())
     })
     .await;
 }
@@ -178,7 +194,12 @@ async fn deployments_roll_within_their_budget() {
     assert_eq!(first[0]["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
 
     // v2: never fewer than 3 available (maxUnavailable 0), never more than 4 pods (maxSurge 1).
-    let (code, v) = patch(&c, &format!("{DEPLOY}/web"), json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "whoami:v2"}]}}}})).await;
+    let (code, v) = patch(
+        &c,
+        &format!("{DEPLOY}/web"),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "whoami:v2"}]}}}}),
+    )
+    .await;
     assert_eq!(code, 200, "{v}");
     let (mut most, mut fewest_ready) = (0, usize::MAX);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -205,10 +226,19 @@ async fn deployments_roll_within_their_budget() {
     assert_eq!(old["spec"]["replicas"], 0);
     let d = c.get(&format!("{DEPLOY}/web")).await.1;
     let progressing = d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").cloned().unwrap();
-    assert_eq!((progressing["status"].as_str(), progressing["reason"].as_str()), (Some("True"), Some("NewReplicaSetAvailable")), "{progressing}");
+    assert_eq!(
+        (progressing["status"].as_str(), progressing["reason"].as_str()),
+        (Some("True"), Some("NewReplicaSetAvailable")),
+        "{progressing}"
+    );
 
     // Paused: template changes wait; resumed: they roll.
-    patch(&c, &format!("{DEPLOY}/web"), json!({"spec": {"paused": true, "template": {"spec": {"containers": [{"name": "app", "image": "whoami:v3"}]}}}})).await;
+    patch(
+        &c,
+        &format!("{DEPLOY}/web"),
+        json!({"spec": {"paused": true, "template": {"spec": {"containers": [{"name": "app", "image": "whoami:v3"}]}}}}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sets_of(&c, "web").await.len(), 2, "paused: no new ReplicaSet");
     patch(&c, &format!("{DEPLOY}/web"), json!({"spec": {"paused": false}})).await;
@@ -220,11 +250,20 @@ async fn deployments_roll_within_their_budget() {
     eventually(10, "history trimmed to one old ReplicaSet", || async { (sets_of(&c, "web").await.len() == 2).then_some(()) }).await;
 
     // Scale through the subresource.
-    let (code, v) = c.put(&format!("{DEPLOY}/web/scale"), &json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web"}, "spec": {"replicas": 5}})).await;
+    let (code, v) = c
+        .put(
+            &format!("{DEPLOY}/web/scale"),
+            &json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": "web"}, "spec": {"replicas": 5}}),
+        )
+        .await;
     assert_eq!(code, 200, "{v}");
     complete(&c, "web", 6).await;
     let events = c.get("/api/v1/namespaces/default/events").await.1;
-    assert!(events["items"].as_array().unwrap().iter().any(|e| e["reason"] == "ScalingReplicaSet" && e["involvedObject"]["kind"] == "Deployment"));
+    assert!(events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "ScalingReplicaSet" && e["involvedObject"]["kind"] == "Deployment"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +273,8 @@ async fn recreate_stops_the_old_pods_first_and_deadlines_are_reported() {
     c.create(DEPLOY, deployment("batch", "whoami:v1", json!({"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}}))).await;
     complete(&c, "batch", 1).await;
     let old_uid = sets_of(&c, "batch").await[0]["metadata"]["uid"].as_str().unwrap().to_string();
-    patch(&c, &format!("{DEPLOY}/batch"), json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "whoami:v2"}]}}}})).await;
+    patch(&c, &format!("{DEPLOY}/batch"), json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "whoami:v2"}]}}}}))
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let all: Vec<Value> = pods(&c).await;
@@ -254,7 +294,10 @@ async fn recreate_stops_the_old_pods_first_and_deadlines_are_reported() {
     eventually(15, "ProgressDeadlineExceeded", || async {
         let d = c.get(&format!("{DEPLOY}/stuck")).await.1;
         let conds = d["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        conds.iter().any(|c| c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded").then_some(())
+        conds
+            .iter()
+            .any(|c| c["type"] == "Progressing" && c["status"] == "False" && c["reason"] == "ProgressDeadlineExceeded")
+            .then_some(())
     })
     .await;
 }
@@ -301,14 +344,22 @@ async fn the_garbage_collector_follows_owner_references() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(pods(&c).await.iter().filter(|p| p["metadata"]["labels"]["app"] == "keep" && is_active(p)).count(), 2, "orphans are not collected");
+    assert_eq!(
+        pods(&c).await.iter().filter(|p| p["metadata"]["labels"]["app"] == "keep" && is_active(p)).count(),
+        2,
+        "orphans are not collected"
+    );
 
     // Any owner kind: a ConfigMap owned by a Service goes with it.
-    let svc = c.create("/api/v1/namespaces/default/services", json!({"metadata": {"name": "owner"}, "spec": {"ports": [{"port": 80}]}})).await;
+    let svc =
+        c.create("/api/v1/namespaces/default/services", json!({"metadata": {"name": "owner"}, "spec": {"ports": [{"port": 80}]}})).await;
     let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": "owner", "uid": svc["metadata"]["uid"]}]);
     c.create("/api/v1/namespaces/default/configmaps", json!({"metadata": {"name": "owned", "ownerReferences": owner}})).await;
     c.delete("/api/v1/namespaces/default/services/owner").await;
-    eventually(10, "the ConfigMap collected", || async { (c.get("/api/v1/namespaces/default/configmaps/owned").await.0 == 404).then_some(()) }).await;
+    eventually(10, "the ConfigMap collected", || async {
+        (c.get("/api/v1/namespaces/default/configmaps/owned").await.0 == 404).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +382,8 @@ async fn finalizers_hold_deletion_and_binding_binds_once() {
     // pods/binding: binds once; a second bind is a conflict.
     c.create("/api/v1/nodes", json!({"metadata": {"name": "elsewhere"}})).await;
     c.create(PODS, json!({"metadata": {"name": "bound"}, "spec": {"nodeName": "", "schedulerName": "none", "containers": [{"name": "a", "image": "x"}]}})).await;
-    let binding = json!({"kind": "Binding", "apiVersion": "v1", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "elsewhere"}});
+    let binding =
+        json!({"kind": "Binding", "apiVersion": "v1", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "elsewhere"}});
     let (code, v) = c.post(&format!("{PODS}/bound/binding"), &binding).await;
     assert_eq!(code, 201, "{v}");
     let p = c.get(&format!("{PODS}/bound")).await.1;
@@ -355,9 +407,11 @@ async fn kubectl_rolls_deployments_out() {
     for bin in bins {
         let ns = format!("wl-{}", bin.rsplit('.').next().unwrap_or("x"));
         let (server, b) = (c.base.clone(), bin.clone());
-        let out = tokio::task::spawn_blocking(move || std::process::Command::new("bash").arg(script).env("KUBECTL", &b).env("SERVER", server).env("NS", ns).output().unwrap())
-            .await
-            .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("bash").arg(script).env("KUBECTL", &b).env("SERVER", server).env("NS", ns).output().unwrap()
+        })
+        .await
+        .unwrap();
         println!("== {bin}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
             failures.push(bin);
@@ -378,5 +432,6 @@ async fn controllers_run_apart_from_the_apiserver() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(active_pods_of(&c, &uid).await.is_empty(), "no controller runs in this apiserver");
     controllers::run(controllers::client_for(&c.base).unwrap());
-    eventually(15, "two pods from the controllers started apart", || async { (active_pods_of(&c, &uid).await.len() == 2).then_some(()) }).await;
+    eventually(15, "two pods from the controllers started apart", || async { (active_pods_of(&c, &uid).await.len() == 2).then_some(()) })
+        .await;
 }

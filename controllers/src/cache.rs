@@ -7,9 +7,9 @@
 //! Upstream: k8s.io/client-go/tools/cache (reflector.go, shared_informer.go)
 
 use futures::Stream;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
 use pkg::api::{ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;

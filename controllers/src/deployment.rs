@@ -74,7 +74,9 @@ fn owners_of(deployments: &Store<Deployment>, set: &ReplicaSet) -> Vec<ObjectRef
         .state()
         .iter()
         .filter(|d| d.namespace() == Some(ns))
-        .filter(|d| d.spec.as_ref().is_some_and(|s| Parsed::from_spec(&s.selector).is_ok_and(|p| !p.0.is_empty() && p.matches(set.labels()))))
+        .filter(|d| {
+            d.spec.as_ref().is_some_and(|s| Parsed::from_spec(&s.selector).is_ok_and(|p| !p.0.is_empty() && p.matches(set.labels())))
+        })
         .map(|d| ObjectRef::new(d.name()).within(ns))
         .collect()
 }
@@ -125,8 +127,9 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
     let mut owned = owned;
     owned.sort_by(|a, b| a.metadata.creation_timestamp.cmp(&b.metadata.creation_timestamp));
     let template = v.spec.template.clone();
-    let (new, old): (Vec<ReplicaSet>, Vec<ReplicaSet>) =
-        owned.into_iter().partition(|s| s.spec.as_ref().and_then(|sp| sp.template.as_ref()).is_some_and(|t| dep::same_template(t, &template)));
+    let (new, old): (Vec<ReplicaSet>, Vec<ReplicaSet>) = owned
+        .into_iter()
+        .partition(|s| s.spec.as_ref().and_then(|sp| sp.template.as_ref()).is_some_and(|t| dep::same_template(t, &template)));
     let mut new = new.into_iter();
     v.new = new.next();
     v.old = old.into_iter().chain(new).collect();
@@ -282,7 +285,8 @@ fn complete(v: &View) -> bool {
 
 /// Delete old, empty ReplicaSets beyond `revisionHistoryLimit`.
 async fn clean_up(ctx: &Ctx, v: &View) -> Result<()> {
-    let history: Vec<(String, i64, i32)> = v.old.iter().map(|s| (s.name().to_string(), dep::revision(&s.metadata), spec_replicas(s))).collect();
+    let history: Vec<(String, i64, i32)> =
+        v.old.iter().map(|s| (s.name().to_string(), dep::revision(&s.metadata), spec_replicas(s))).collect();
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &v.ns);
     for name in dep::history_to_delete(&history, v.spec.revision_history_limit.unwrap_or(10)) {
         match api.delete(&name, &DeleteParams::background()).await {
@@ -335,8 +339,9 @@ fn conditions(v: &View, st: &DeploymentStatus, old: &DeploymentStatus, created: 
     let recreate = v.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
     let max_unavailable = if recreate { 0 } else { dep::surge_and_unavailable(&v.spec, desired).1 };
     let complete = st.updated_replicas == Some(desired) && st.replicas == Some(desired) && available >= desired;
-    let progressed =
-        st.updated_replicas > old.updated_replicas || st.ready_replicas > old.ready_replicas || st.available_replicas > old.available_replicas;
+    let progressed = st.updated_replicas > old.updated_replicas
+        || st.ready_replicas > old.ready_replicas
+        || st.available_replicas > old.available_replicas;
     let now = now();
     let deadline = i64::from(v.spec.progress_deadline_seconds.unwrap_or(600));
     let old_conds = old.conditions.clone().unwrap_or_default();

@@ -148,7 +148,8 @@ impl Collector {
             watcher::Event::InitDone => {
                 // A relist: what was not listed again is gone.
                 let listed = std::mem::take(&mut self.resources[i].listing);
-                let gone: Vec<String> = self.locs.iter().filter(|(u, l)| l.resource == i && !listed.contains(*u)).map(|(u, _)| u.clone()).collect();
+                let gone: Vec<String> =
+                    self.locs.iter().filter(|(u, l)| l.resource == i && !listed.contains(*u)).map(|(u, _)| u.clone()).collect();
                 gone.iter().for_each(|u| self.remove(u));
                 self.resources[i].synced = true;
             }
@@ -276,7 +277,11 @@ impl Collector {
 
     async fn delete(&self, uid: &str, policy: PropagationPolicy) -> Result<(), kube::Error> {
         let Some((api, loc)) = self.api_of(uid) else { return Ok(()) };
-        let dp = DeleteParams { propagation_policy: Some(policy), preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            propagation_policy: Some(policy),
+            preconditions: Some(Preconditions { uid: Some(uid.to_string()), resource_version: None }),
+            ..Default::default()
+        };
         match api.delete(&loc.name, &dp).await {
             Err(e) if crate::code(&e) == Some(409) => Ok(()), // the uid differs: ours is gone
             r => ignore_gone(r.map(|_| ())),

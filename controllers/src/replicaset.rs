@@ -154,7 +154,10 @@ async fn create_pods(ctx: &Ctx, api: &Api<Pod>, set: &ReplicaSet, n: usize) -> R
 /// Delete these pods (each guarded by its uid); each is expected marked or gone.
 async fn delete_pods(ctx: &Ctx, api: &Api<Pod>, set: &ReplicaSet, pods: Vec<Pod>) -> Result<Vec<Expect>> {
     let deletes = pods.iter().map(|p| {
-        let dp = DeleteParams { preconditions: Some(Preconditions { uid: p.uid().map(String::from), resource_version: None }), ..Default::default() };
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions { uid: p.uid().map(String::from), resource_version: None }),
+            ..Default::default()
+        };
         async move { (p, api.delete(p.name(), &dp).await) }
     });
     let mut wrote = vec![];

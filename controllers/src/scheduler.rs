@@ -64,7 +64,8 @@ impl Scheduler {
         let mut load: HashMap<String, usize> = HashMap::new();
         let pods = self.pods.state();
         let by_uid: HashMap<&str, &Pod> = pods.iter().filter_map(|p| Some((p.uid()?, p.as_ref()))).collect();
-        self.assumed.retain(|uid, (_, since)| by_uid.get(uid.as_str()).is_some_and(|p| p.node_name().is_none()) && since.elapsed() < ASSUME_TTL);
+        self.assumed
+            .retain(|uid, (_, since)| by_uid.get(uid.as_str()).is_some_and(|p| p.node_name().is_none()) && since.elapsed() < ASSUME_TTL);
         for p in pods.iter().filter(|p| !p.is_terminal()) {
             if let Some(n) = p.node_name() {
                 *load.entry(n.to_string()).or_default() += 1;

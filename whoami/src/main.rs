@@ -74,7 +74,10 @@ fn handle(mut s: TcpStream, host: &str, version: &str) -> std::io::Result<()> {
     let (code, body) = route(path, host, &ip, version);
     let reason = if code == 200 { "OK" } else { "Service Unavailable" };
     // One write: `write!` straight to the socket would send each piece as its own segment.
-    let response = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(response.as_bytes())
 }
 

@@ -163,7 +163,11 @@ impl Proxier {
     }
 
     /// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
-    async fn sync_iptables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<(usize, usize, usize, String)> {
+    async fn sync_iptables(
+        &mut self,
+        ports: &BTreeMap<(String, String), ServicePort>,
+        full: bool,
+    ) -> anyhow::Result<(usize, usize, usize, String)> {
         let mut existing = vec![];
         if full {
             self.runner.nft_delete_table().await; // left by the nftables mode, if it ran here
@@ -187,7 +191,11 @@ impl Proxier {
     }
 
     /// nftables mode: each transaction of the plan through `nft -f -`, in order.
-    async fn sync_nftables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<(usize, usize, usize, String)> {
+    async fn sync_nftables(
+        &mut self,
+        ports: &BTreeMap<(String, String), ServicePort>,
+        full: bool,
+    ) -> anyhow::Result<(usize, usize, usize, String)> {
         let mut existing = vec![];
         if full {
             self.runner.remove_jumps().await; // the iptables mode's entry points, if it ran here

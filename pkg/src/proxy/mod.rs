@@ -183,9 +183,7 @@ mod tests {
 
     #[test]
     fn ready_endpoints_first_then_terminating_ones_still_serving() {
-        let ep = |ip: &str, ready: bool, serving: bool, terminating: bool| {
-            serde_json::json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
-        };
+        let ep = |ip: &str, ready: bool, serving: bool, terminating: bool| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
         let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
         .unwrap();
@@ -203,5 +201,4 @@ mod tests {
         let s = slice(serde_json::json!([{"addresses": ["10.244.0.6"]}]));
         assert_eq!(ips(&s), [("10.244.0.6".to_string(), 8080)]);
     }
-
 }

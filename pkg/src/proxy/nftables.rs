@@ -34,6 +34,7 @@
 use super::{hash16, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The table ownkube owns; nothing outside it is touched.
 pub const TABLE: &str = "ip ownkube";
@@ -151,7 +152,10 @@ pub fn render_fixed(out: &mut String) -> usize {
         ("filter-output", &["ct state new jump service-endpoints-check"]),
         (
             "services",
-            &["ip daddr . meta l4proto . th dport vmap @service-ips", "fib daddr type local meta l4proto . th dport vmap @service-nodeports"],
+            &[
+                "ip daddr . meta l4proto . th dport vmap @service-ips",
+                "fib daddr type local meta l4proto . th dport vmap @service-nodeports",
+            ],
         ),
         ("masquerading", &["meta mark & 0x4000 == 0 return", "meta mark set meta mark ^ 0x4000", "masquerade fully-random"]),
         ("mark-for-masquerade", &["meta mark set meta mark | 0x4000"]),
@@ -202,6 +206,9 @@ pub fn chains(listing: &str) -> Vec<String> {
     listing.lines().filter_map(|l| l.trim().strip_prefix("chain ")).filter_map(|l| l.split(' ').next()).map(String::from).collect()
 }
 
+/// A service port's key: `(namespace/name:port, protocol)`.
+type Key = (String, String);
+
 /// A planned sync: the transactions to apply in order, and the state they lead to.
 #[derive(Debug)]
 pub struct Plan {
@@ -213,13 +220,15 @@ pub struct Plan {
     /// Chains flushed now (deleted by the next sync) and chains deleted now.
     pub flushed: Vec<String>,
     pub deleted: Vec<String>,
-    next: BTreeMap<(String, String), Rendered>,
+    next: BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
 }
 
-/// Remembers what the last successful sync wrote, to plan the next one.
+/// Remembers what the last successful sync wrote, to plan the next one. A service port
+/// equal to the one last applied is not rendered again: at 5,000 services a partial sync
+/// costs what the changed ports cost, not what all of them do.
 #[derive(Debug, Default)]
 pub struct Planner {
-    applied: BTreeMap<(String, String), Rendered>,
+    applied: BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
     /// Chains flushed by the last sync, to delete in this one.
     flushed: BTreeSet<String>,
     chunk: Option<usize>,
@@ -238,18 +247,37 @@ impl Planner {
 
     /// Plan a sync to `ports`; a full one also flushes every chain of ours in `existing`
     /// (read from the kernel) that is not wanted.
-    pub fn plan(&self, cluster_cidr: &str, ports: &BTreeMap<(String, String), ServicePort>, full: bool, existing: &[String]) -> Plan {
-        let next: BTreeMap<_, _> = ports.iter().map(|(k, sp)| (k.clone(), render_service(sp, cluster_cidr))).collect();
-        let wanted: BTreeSet<&String> = next.values().flat_map(|r| r.chains.iter().map(|(n, _)| n)).collect();
-        let mut stale: BTreeSet<String> =
-            self.applied.values().flat_map(|r| r.chains.iter().map(|(n, _)| n.clone())).filter(|n| !wanted.contains(n)).collect();
-        if full {
-            stale.extend(existing.iter().filter(|c| is_ours(c) && !wanted.contains(c)).cloned());
-        }
+    pub fn plan(&self, cluster_cidr: &str, ports: &BTreeMap<Key, ServicePort>, full: bool, existing: &[String]) -> Plan {
+        let mut changed: Vec<&Key> = vec![];
+        let next: BTreeMap<Key, (ServicePort, Arc<Rendered>)> = ports
+            .iter()
+            .map(|(k, sp)| {
+                let rendered = match self.applied.get(k) {
+                    Some((old, r)) if old == sp => r.clone(),
+                    _ => {
+                        changed.push(k);
+                        Arc::new(render_service(sp, cluster_cidr))
+                    }
+                };
+                (k.clone(), (sp.clone(), rendered))
+            })
+            .collect();
+        let removed: Vec<&Key> = self.applied.keys().filter(|k| !ports.contains_key(*k)).collect();
+        let chains_of = |r: &Rendered| r.chains.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<String>>();
+        let (mut stale, wanted): (BTreeSet<String>, BTreeSet<String>) = if full {
+            let wanted: BTreeSet<String> = next.values().flat_map(|(_, r)| chains_of(r)).collect();
+            (existing.iter().filter(|c| is_ours(c) && !wanted.contains(*c)).cloned().collect(), wanted)
+        } else {
+            // A chain's name holds its service port: only a changed or removed port can
+            // leave one behind, or want one back.
+            let wanted: BTreeSet<String> = changed.iter().flat_map(|k| chains_of(&next[*k].1)).collect();
+            let old = changed.iter().chain(&removed).filter_map(|k| self.applied.get(*k)).flat_map(|(_, r)| chains_of(r));
+            (old.filter(|c| !wanted.contains(c)).collect(), wanted)
+        };
         // Delete what the last sync flushed, unless it is wanted again.
-        let deleted: Vec<String> = self.flushed.iter().filter(|c| !wanted.contains(c)).cloned().collect();
+        let deleted: Vec<String> = self.flushed.iter().filter(|c| !wanted.contains(*c)).cloned().collect();
         stale.retain(|c| !deleted.contains(c));
-        let (transactions, rules, written) = if full { self.full(&next) } else { self.partial(&next) };
+        let (transactions, rules, written) = if full { self.full(&next) } else { self.partial(&next, &changed, &removed) };
         let mut plan = Plan { transactions, rules, written, flushed: stale.into_iter().collect(), deleted, next };
         let last = plan.transactions.last_mut().expect("a sync has a transaction");
         for c in &plan.flushed {
@@ -263,10 +291,10 @@ impl Planner {
 
     /// The fixed part with the first chunk of service chains, further chunks, then the
     /// maps refilled whole.
-    fn full(&self, next: &BTreeMap<(String, String), Rendered>) -> (Vec<String>, usize, usize) {
+    fn full(&self, next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>) -> (Vec<String>, usize, usize) {
         let mut txs = vec![String::new()];
         let mut rules = render_fixed(&mut txs[0]);
-        let all: Vec<&Rendered> = next.values().collect();
+        let all: Vec<&Rendered> = next.values().map(|(_, r)| r.as_ref()).collect();
         for (i, chunk) in all.chunks(self.chunk.unwrap_or(CHUNK)).enumerate() {
             if i > 0 {
                 txs.push(String::new());
@@ -286,26 +314,32 @@ impl Planner {
             element(&mut maps, "add", e);
         }
         txs.push(maps);
-        (txs, rules, next.values().filter(|r| !r.chains.is_empty()).count())
+        (txs, rules, all.iter().filter(|r| !r.chains.is_empty()).count())
     }
 
-    /// The chains that changed and the map elements that differ, in one transaction.
-    fn partial(&self, next: &BTreeMap<(String, String), Rendered>) -> (Vec<String>, usize, usize) {
+    /// The chains of the changed ports that differ, and the map elements that differ, in
+    /// one transaction.
+    fn partial(
+        &self,
+        next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
+        changed: &[&Key],
+        removed: &[&Key],
+    ) -> (Vec<String>, usize, usize) {
         let mut tx = String::new();
         let (mut rules, mut written) = (0, 0);
-        for (k, r) in next {
-            let old = self.applied.get(k);
-            if old.map(|o| &o.chains) == Some(&r.chains) {
-                continue;
-            }
-            written += usize::from(!r.chains.is_empty());
-            let before: BTreeSet<&(String, Vec<String>)> = old.into_iter().flat_map(|o| &o.chains).collect();
-            for c in r.chains.iter().filter(|c| !before.contains(c)) {
+        let old = |k: &Key| self.applied.get(k).map(|(_, r)| r.clone());
+        for k in changed {
+            let new = &next[*k].1;
+            let before: BTreeSet<(String, Vec<String>)> = old(k).map(|o| o.chains.iter().cloned().collect()).unwrap_or_default();
+            let mut wrote = false;
+            for c in new.chains.iter().filter(|c| !before.contains(*c)) {
                 rules += write_chain(&mut tx, &c.0, &c.1);
+                wrote = true;
             }
+            written += usize::from(wrote);
         }
-        let had: BTreeSet<&Element> = self.applied.values().flat_map(|r| &r.elements).collect();
-        let want: BTreeSet<&Element> = next.values().flat_map(|r| &r.elements).collect();
+        let had: BTreeSet<Element> = changed.iter().chain(removed).filter_map(|k| old(k)).flat_map(|r| r.elements.clone()).collect();
+        let want: BTreeSet<Element> = changed.iter().flat_map(|k| next[*k].1.elements.clone()).collect();
         for e in had.difference(&want) {
             element(&mut tx, "delete", e);
         }

@@ -185,7 +185,15 @@ pub struct Progress<'a> {
     pub deadline_exceeded: bool,
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String, old: &[DeploymentCondition], now: &Time, changed: bool) -> DeploymentCondition {
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    old: &[DeploymentCondition],
+    now: &Time,
+    changed: bool,
+) -> DeploymentCondition {
     let status = if status { "True" } else { "False" }.to_string();
     let prev = old.iter().find(|c| c.type_ == type_);
     let same = prev.is_some_and(|p| p.status == status);
@@ -208,16 +216,40 @@ pub fn conditions(available_ok: bool, p: &Progress<'_>, old: &[DeploymentConditi
     let available = if available_ok {
         condition("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), old, now, false)
     } else {
-        condition("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), old, now, false)
+        condition(
+            "Available",
+            false,
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            old,
+            now,
+            false,
+        )
     };
     let progressing = if p.paused {
         let mut c = condition("Progressing", false, "DeploymentPaused", "Deployment is paused".into(), old, now, false);
         c.status = "Unknown".into();
         c
     } else if p.complete {
-        condition("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet \"{}\" has successfully progressed.", p.new_rs), old, now, false)
+        condition(
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{}\" has successfully progressed.", p.new_rs),
+            old,
+            now,
+            false,
+        )
     } else if p.deadline_exceeded {
-        condition("Progressing", false, "ProgressDeadlineExceeded", format!("ReplicaSet \"{}\" has timed out progressing.", p.new_rs), old, now, false)
+        condition(
+            "Progressing",
+            false,
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet \"{}\" has timed out progressing.", p.new_rs),
+            old,
+            now,
+            false,
+        )
     } else if p.new_rs_created {
         condition("Progressing", true, "NewReplicaSetCreated", format!("Created new replica set \"{}\"", p.new_rs), old, now, true)
     } else {
@@ -275,7 +307,10 @@ mod tests {
 
     #[test]
     fn hashes_history_and_messages() {
-        let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "v1"}]}})).unwrap();
+        let t: PodTemplateSpec = serde_json::from_value(
+            serde_json::json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "v1"}]}}),
+        )
+        .unwrap();
         let h = template_hash(&t, None);
         assert_eq!(h, template_hash(&t, None));
         assert!(h.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)));

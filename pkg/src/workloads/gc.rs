@@ -180,7 +180,8 @@ mod tests {
     }
 
     fn item(uid: &str, owners: &[&str], deleting: bool, finalizers: &[&str]) -> Item {
-        let owners = owners.iter().map(|o| OwnerReference { uid: o.to_string(), block_owner_deletion: Some(true), ..Default::default() }).collect();
+        let owners =
+            owners.iter().map(|o| OwnerReference { uid: o.to_string(), block_owner_deletion: Some(true), ..Default::default() }).collect();
         Item { uid: uid.into(), owners, deleting, finalizers: finalizers.iter().map(|f| f.to_string()).collect() }
     }
 

@@ -155,7 +155,10 @@ pub(crate) mod tests {
         ];
         let c = claim("u1", &sel, &pods);
         let names = |v: &[Pod]| v.iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
-        assert_eq!((names(&c.owned), names(&c.adopt), names(&c.release)), (vec!["mine".to_string()], vec!["orphan".to_string()], vec!["relabeled".to_string()]));
+        assert_eq!(
+            (names(&c.owned), names(&c.adopt), names(&c.release)),
+            (vec!["mine".to_string()], vec!["orphan".to_string()], vec!["relabeled".to_string()])
+        );
         let candidates = vec![
             pod("old-ready", json!({}), None, Some("n1"), true, 100),
             pod("new-ready", json!({}), None, Some("n1"), true, 200),
