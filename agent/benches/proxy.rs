@@ -55,7 +55,7 @@ async fn bare_load(mode: Mode, text: &str) -> f64 {
     match mode {
         Mode::Iptables => raw.restore(text).await.expect("iptables-restore"),
         Mode::Nftables => {
-            for tx in text.split("# --- next transaction ---\n") {
+            for tx in text.split(pkg::proxy::nftables::NEXT_TRANSACTION) {
                 raw.nft_apply(tx).await.expect("nft -f");
             }
         }

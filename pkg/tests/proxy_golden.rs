@@ -127,7 +127,7 @@ fn nftables_syncs_match_golden() {
     let mut planner = nftables::Planner::default();
     let full = planner.plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
     assert_eq!(full.transactions.len(), 2, "the fixed part with the chains, then the maps");
-    check("full.nft", &full.transactions.join("# --- next transaction ---\n"));
+    check("full.nft", &full.transactions.join(nftables::NEXT_TRANSACTION));
     // webapp: 4 endpoint chains (2 rules each) + service (2) + external (2); api 2*2 + 2; dns 2 + 2; fixed 16.
     assert_eq!(full.rules, 8 + 2 + 2 + 4 + 2 + 2 + 2 + 16);
     planner.applied(full);

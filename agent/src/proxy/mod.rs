@@ -55,6 +55,15 @@ pub enum Mode {
     Nftables,
 }
 
+/// What one sync applied, for `/debug/proxy`: rules written, service ports whose chains
+/// were written, chains deleted, and the text loaded.
+struct Synced {
+    rules: usize,
+    written: usize,
+    deleted: usize,
+    text: String,
+}
+
 /// The planner of the mode in use.
 enum Engine {
     Iptables(Planner),
@@ -144,7 +153,7 @@ impl Proxier {
 
     async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
         let ports = service_ports(services.iter().copied(), backends);
-        let (rules, written, deleted, text) = match &self.engine {
+        let Synced { rules, written, deleted, text } = match &self.engine {
             Engine::Iptables(_) => self.sync_iptables(&ports, full).await?,
             Engine::Nftables(_) => self.sync_nftables(&ports, full).await?,
         };
@@ -163,11 +172,7 @@ impl Proxier {
     }
 
     /// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
-    async fn sync_iptables(
-        &mut self,
-        ports: &BTreeMap<(String, String), ServicePort>,
-        full: bool,
-    ) -> anyhow::Result<(usize, usize, usize, String)> {
+    async fn sync_iptables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<Synced> {
         let mut existing = vec![];
         if full {
             self.runner.nft_delete_table().await; // left by the nftables mode, if it ran here
@@ -185,17 +190,13 @@ impl Proxier {
         let Engine::Iptables(planner) = &mut self.engine else { unreachable!("iptables engine") };
         let plan = planner.plan(&self.cluster_cidr, ports, full, &existing);
         self.runner.restore(&plan.ruleset.text).await?;
-        let out = (plan.ruleset.rules, plan.written, plan.deleted.len(), plan.ruleset.text.clone());
+        let out = Synced { rules: plan.ruleset.rules, written: plan.written, deleted: plan.deleted.len(), text: plan.ruleset.text.clone() };
         planner.applied(plan);
         Ok(out)
     }
 
     /// nftables mode: each transaction of the plan through `nft -f -`, in order.
-    async fn sync_nftables(
-        &mut self,
-        ports: &BTreeMap<(String, String), ServicePort>,
-        full: bool,
-    ) -> anyhow::Result<(usize, usize, usize, String)> {
+    async fn sync_nftables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<Synced> {
         let mut existing = vec![];
         if full {
             self.runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
@@ -206,7 +207,12 @@ impl Proxier {
         for tx in &plan.transactions {
             self.runner.nft_apply(tx).await?;
         }
-        let out = (plan.rules, plan.written, plan.deleted.len(), plan.transactions.join("# --- next transaction ---\n"));
+        let out = Synced {
+            rules: plan.rules,
+            written: plan.written,
+            deleted: plan.deleted.len(),
+            text: plan.transactions.join(nft::NEXT_TRANSACTION),
+        };
         planner.applied(plan);
         Ok(out)
     }

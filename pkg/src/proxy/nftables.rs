@@ -42,6 +42,9 @@ pub const TABLE: &str = "ip ownkube";
 /// Service ports per transaction in a full sync.
 pub const CHUNK: usize = 1000;
 
+/// What separates a sync's transactions where they are shown or saved as one text.
+pub const NEXT_TRANSACTION: &str = "# --- next transaction ---\n";
+
 /// One element of one of the four verdict maps: `(map, key, verdict)`.
 pub type Element = (&'static str, String, String);
 
