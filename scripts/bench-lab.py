@@ -69,12 +69,26 @@ class Watch:
             except Exception:
                 time.sleep(0.1)
 
+    def wait(self, names, created, timeout=180):
+        """Seconds from each name's creation time to when it was seen."""
+        end = time.time() + timeout
+        with self.cond:
+            while not all(n in self.seen for n in names) and time.time() < end:
+                self.cond.wait(max(0.0, end - time.time()))
+            return {n: self.seen[n] - created[n] for n in names if n in self.seen}
+
     def wait_count(self, n, timeout=300):
         end = time.time() + timeout
         with self.cond:
             while len(self.seen) < n and time.time() < end:
                 self.cond.wait(max(0.0, end - time.time()))
             return dict(self.seen)
+
+
+def running_pods(ev):
+    o = ev["object"]
+    ok = ev["type"] != "DELETED" and o["status"].get("phase") == "Running" and o["status"].get("podIP")
+    return [o["metadata"]["name"]] if ok else []
 
 
 def ready_pods(ev):
@@ -115,41 +129,6 @@ def deployment_scale(results, n=100):
     end = time.time() + 120
     while req("GET", "/api/v1/namespaces/default/pods?labelSelector=app%3Dscale")["items"] and time.time() < end:
         time.sleep(1)
-
-
-class Running:
-    """Watches the bench pods and remembers when each was first seen Running with a podIP
-    (a watch, not polling: the time is when the apiserver sent the change)."""
-
-    def __init__(self):
-        self.seen, self.cond = {}, threading.Condition()
-        self.ready = threading.Event()
-        threading.Thread(target=self.loop, daemon=True).start()
-        self.ready.wait(10)
-
-    def loop(self):
-        sel = "labelSelector=app%3Dbench"
-        while True:
-            try:
-                rv = req("GET", f"/api/v1/namespaces/default/pods?{sel}")["metadata"]["resourceVersion"]
-                with urllib.request.urlopen(f"{API}/api/v1/namespaces/default/pods?watch=1&{sel}&resourceVersion={rv}", timeout=900) as r:
-                    self.ready.set()
-                    for line in r:
-                        ev = json.loads(line)
-                        o = ev["object"]
-                        if ev["type"] != "DELETED" and o["status"].get("phase") == "Running" and o["status"].get("podIP"):
-                            with self.cond:
-                                self.seen.setdefault(o["metadata"]["name"], time.time())
-                                self.cond.notify_all()
-            except Exception:
-                time.sleep(0.1)
-
-    def wait(self, names, created, timeout=180):
-        end = time.time() + timeout
-        with self.cond:
-            while not all(n in self.seen for n in names) and time.time() < end:
-                self.cond.wait(max(0.0, end - time.time()))
-            return {n: self.seen[n] - created[n] for n in names if n in self.seen}
 
 
 def sh(*args):
@@ -202,7 +181,8 @@ def watch_leases():
 
 
 def main():
-    running = Running()
+    # When each bench pod was first seen Running with a podIP.
+    running = Watch("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench", running_pods)
     # Warm up: the image on both nodes (pulled once), so the measured pods find it present.
     warm = [f"warm-{n}" for n in NODES]
     for n, node in zip(warm, NODES):

@@ -12,8 +12,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
 use pkg::api::{ObjectMeta, OwnerReference};
+use pkg::workloads::expectations::{Expect, Expectations};
+use pkg::workloads::replicaset::Claims;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Mutex;
+use std::time::Instant;
 
 /// A kind's store and the stream of its changed (or deleted) objects. The store fills
 /// only while the stream is polled.
@@ -36,6 +41,34 @@ pub fn controller_ref<K: Resource<DynamicType = ()>>(meta: &ObjectMeta, kind: &s
 /// A stored object's resourceVersion as a number (etcd's revision), for expectations.
 pub fn revision(meta: &ObjectMeta) -> i64 {
     meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The write that returned this object, as something the cache should come to show.
+pub fn written(meta: &ObjectMeta) -> Expect {
+    Expect { uid: meta.uid.clone().unwrap_or_default(), resource_version: revision(meta), gone_ok: false }
+}
+
+/// Whether the cache (`objects`, what it holds now) shows everything `owner`'s last pass
+/// wrote; a pass that finds it has not waits a little and comes back.
+pub fn caught_up<'a>(expectations: &Mutex<Expectations>, owner: &str, objects: impl IntoIterator<Item = &'a ObjectMeta>) -> bool {
+    let seen: HashMap<&str, i64> = objects.into_iter().map(|m| (m.uid.as_deref().unwrap_or_default(), revision(m))).collect();
+    expectations.lock().unwrap().satisfied(owner, &|u| seen.get(u).copied(), Instant::now())
+}
+
+/// Carry out a claim ([`pkg::workloads::replicaset::claim`]): adopt the orphans that
+/// match for `owner`, release the strays; the owned objects, adopted ones included.
+pub async fn settle<K>(api: &Api<K>, claims: Claims<K>, owner: &OwnerReference) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + pkg::api::Object,
+{
+    let mut owned = claims.owned;
+    for obj in &claims.adopt {
+        owned.extend(set_controller(api, obj, Some(owner)).await?);
+    }
+    for obj in &claims.release {
+        set_controller(api, obj, None).await?;
+    }
+    Ok(owned)
 }
 
 /// Adopt (`Some(owner)`) or release (`None`) an object: its controller reference

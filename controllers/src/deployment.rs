@@ -16,9 +16,8 @@
 //!
 //! Upstream: pkg/controller/deployment (deployment_controller.go, sync.go, rolling.go, recreate.go, progress.go)
 
-use crate::cache::{controller_ref, informer, revision, set_controller};
-use crate::endpoints::on_error;
-use crate::{Error, Result, RESYNC};
+use crate::cache::{caught_up, controller_ref, informer, settle, written};
+use crate::{on_error, Error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -30,7 +29,7 @@ use pkg::selector::LabelSelector as Parsed;
 use pkg::workloads::deployment::{self as dep, Rs};
 use pkg::workloads::expectations::{Expect, Expectations};
 use pkg::workloads::replicaset as rs;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,8 +112,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
     let uid = d.uid().unwrap_or_default().to_string();
     let ns = d.namespace().unwrap_or("default").to_string();
     let sets: Vec<ReplicaSet> = ctx.sets.state().iter().filter(|s| s.namespace() == Some(&ns)).map(|s| (**s).clone()).collect();
-    let seen: HashMap<&str, i64> = sets.iter().map(|s| (s.uid().unwrap_or_default(), revision(&s.metadata))).collect();
-    if !ctx.expectations.lock().unwrap().satisfied(&uid, &|u| seen.get(u).copied(), Instant::now()) {
+    if !caught_up(&ctx.expectations, &uid, sets.iter().map(|s| &s.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     if d.is_deleting() {
@@ -151,15 +149,7 @@ async fn claim_sets(ctx: &Ctx, d: &Deployment, spec: &DeploymentSpec, sets: &[Re
     let uid = d.uid().unwrap_or_default();
     let claims = rs::claim(uid, &spec.selector, sets);
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), d.namespace().unwrap_or("default"));
-    let owner = rs::controller_ref("apps/v1", "Deployment", d.name(), uid);
-    let mut owned = claims.owned;
-    for s in claims.adopt {
-        owned.extend(set_controller(&api, &s, Some(&owner)).await?);
-    }
-    for s in claims.release {
-        set_controller(&api, &s, None).await?;
-    }
-    Ok(owned)
+    Ok(settle(&api, claims, &rs::controller_ref("apps/v1", "Deployment", d.name(), uid)).await?)
 }
 
 /// The annotations the new ReplicaSet carries: the Deployment's own (its change-cause,
@@ -188,7 +178,7 @@ async fn ensure_new(ctx: &Ctx, v: &mut View) -> Result<bool> {
         if new.metadata.annotations.as_ref() != Some(&want) {
             let patch = serde_json::json!({"metadata": {"annotations": want}});
             let updated = api.patch(new.name(), &PatchParams::default(), &Patch::Merge(patch)).await?;
-            v.wrote.push(expect(&updated));
+            v.wrote.push(written(&updated.metadata));
             v.new = Some(updated);
         }
         return Ok(false);
@@ -198,7 +188,7 @@ async fn ensure_new(ctx: &Ctx, v: &mut View) -> Result<bool> {
     let set = new_replicaset(v, &hash, next_revision);
     match api.create(&PostParams::default(), &set).await {
         Ok(created) => {
-            v.wrote.push(expect(&created));
+            v.wrote.push(written(&created.metadata));
             v.new = Some(created);
             Ok(true)
         }
@@ -212,10 +202,6 @@ async fn ensure_new(ctx: &Ctx, v: &mut View) -> Result<bool> {
         }
         Err(e) => Err(e.into()),
     }
-}
-
-fn expect(s: &ReplicaSet) -> Expect {
-    Expect { uid: s.uid().unwrap_or_default().into(), resource_version: revision(&s.metadata), gone_ok: false }
 }
 
 /// `<deployment>-<hash>`, at 0 replicas, its template and selector carrying the hash label.
@@ -265,7 +251,7 @@ async fn roll(ctx: &Ctx, v: &mut View) -> Result<()> {
         let from = spec_replicas(set);
         let patch = serde_json::json!({"spec": {"replicas": to}});
         let updated = api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
-        v.wrote.push(expect(&updated));
+        v.wrote.push(written(&updated.metadata));
         ctx.recorder.event(object_ref(&*v.d), false, "ScalingReplicaSet", &dep::scaling_message(&name, from, to));
         *set = updated;
     }

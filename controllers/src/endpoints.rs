@@ -13,7 +13,7 @@
 //! Upstream: pkg/controller/endpoint/endpoints_controller.go
 
 use crate::cache::informer;
-use crate::{Error, Result, RESYNC};
+use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -74,12 +74,6 @@ pub async fn run(client: kube::Client) {
         .run(reconcile, |_, e, _| on_error(e), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
-}
-
-/// Log a failed pass; the service is tried again in a second.
-pub fn on_error(e: &Error) -> Action {
-    tracing::warn!(error = %e, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(1))
 }
 
 async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {

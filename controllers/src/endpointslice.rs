@@ -10,9 +10,9 @@
 //!
 //! Upstream: pkg/controller/endpointslice/endpointslice_controller.go, reconciler.go
 
-use crate::cache::{informer, revision};
-use crate::endpoints::{on_error, PodServices};
-use crate::{Result, RESYNC};
+use crate::cache::{caught_up, informer, written};
+use crate::endpoints::PodServices;
+use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -21,7 +21,6 @@ use kube::runtime::watcher;
 use pkg::api::*;
 use pkg::endpointslice::{self as es, owned_by, SliceData};
 use pkg::workloads::expectations::{Expect, Expectations};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     }
     let uid = svc.uid().unwrap_or_default().to_string();
     let existing = slices_of(&ctx, &svc);
-    let seen: HashMap<String, i64> = existing.iter().map(|s| (s.uid().unwrap_or_default().to_string(), revision(&s.metadata))).collect();
-    if !ctx.expectations.lock().unwrap().satisfied(&uid, &|u| seen.get(u).copied(), Instant::now()) {
+    if !caught_up(&ctx.expectations, &uid, existing.iter().map(|s| &s.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(100))); // our last writes are still on their way
     }
     let ns = svc.namespace().unwrap_or("default");
@@ -80,13 +78,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     let mut wrote = vec![];
     for data in plan.create {
         let created = api.create(&PostParams::default(), &es::new_slice(&svc, data)).await?;
-        wrote.push(Expect { uid: created.uid().unwrap_or_default().into(), resource_version: revision(&created.metadata), gone_ok: false });
+        wrote.push(written(&created.metadata));
     }
     for (name, data) in plan.update {
         let Some(mut s) = existing.iter().find(|s| s.name() == name).cloned() else { continue };
         apply(&mut s, &svc, data);
         let updated = api.replace(&name, &PostParams::default(), &s).await?;
-        wrote.push(Expect { uid: updated.uid().unwrap_or_default().into(), resource_version: revision(&updated.metadata), gone_ok: false });
+        wrote.push(written(&updated.metadata));
     }
     for name in plan.delete {
         let uid = existing.iter().find(|s| s.name() == name).and_then(|s| s.uid()).unwrap_or_default().to_string();

@@ -290,16 +290,21 @@ impl Collector {
 
     /// Take these owners out of an object's owner references.
     async fn release(&self, uid: &str, owners: &[String]) -> Result<(), kube::Error> {
-        let (Some((api, loc)), Some(item)) = (self.api_of(uid), self.graph.get(uid)) else { return Ok(()) };
+        let Some(item) = self.graph.get(uid) else { return Ok(()) };
         let refs: Vec<&OwnerReference> = item.owners.iter().filter(|o| !owners.contains(&o.uid)).collect();
-        let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "resourceVersion": loc.resource_version}});
-        ignore_gone(api.patch(&loc.name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ()))
+        self.patch_metadata(uid, "ownerReferences", serde_json::json!(refs)).await
     }
 
     async fn remove_finalizer(&self, uid: &str, finalizer: &str) -> Result<(), kube::Error> {
-        let (Some((api, loc)), Some(item)) = (self.api_of(uid), self.graph.get(uid)) else { return Ok(()) };
+        let Some(item) = self.graph.get(uid) else { return Ok(()) };
         let left: Vec<&String> = item.finalizers.iter().filter(|f| *f != finalizer).collect();
-        let patch = serde_json::json!({"metadata": {"finalizers": left, "resourceVersion": loc.resource_version}});
+        self.patch_metadata(uid, "finalizers", serde_json::json!(left)).await
+    }
+
+    /// Set one metadata field, guarded by the resourceVersion the graph last saw.
+    async fn patch_metadata(&self, uid: &str, field: &str, value: serde_json::Value) -> Result<(), kube::Error> {
+        let Some((api, loc)) = self.api_of(uid) else { return Ok(()) };
+        let patch = serde_json::json!({"metadata": {field: value, "resourceVersion": loc.resource_version}});
         ignore_gone(api.patch(&loc.name, &PatchParams::default(), &Patch::Merge(patch)).await.map(|_| ()))
     }
 }

@@ -49,6 +49,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// `--min-resync-period` is 12 h; ours is short so a learner sees drift repaired).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// Log a failed pass; the object is tried again in a second.
+pub fn on_error(e: &Error) -> kube::runtime::controller::Action {
+    tracing::warn!(error = %e, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(Duration::from_secs(1))
+}
+
 /// The code of an API error, if the error is one.
 pub fn code(e: &kube::Error) -> Option<u16> {
     match e {

@@ -16,9 +16,8 @@
 //!
 //! Upstream: pkg/controller/replicaset/replica_set.go (syncReplicaSet, manageReplicas)
 
-use crate::cache::{informer, revision, set_controller};
-use crate::endpoints::on_error;
-use crate::{Result, RESYNC};
+use crate::cache::{caught_up, informer, revision, settle, written};
+use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -29,7 +28,6 @@ use pkg::events::object_ref;
 use pkg::selector::LabelSelector as Parsed;
 use pkg::workloads::expectations::{Expect, Expectations};
 use pkg::workloads::replicaset as rs;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,8 +76,7 @@ async fn reconcile(set: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let uid = set.uid().unwrap_or_default().to_string();
     let ns = set.namespace().unwrap_or("default").to_string();
     let pods: Vec<Pod> = ctx.pods.state().iter().filter(|p| p.namespace() == Some(&ns)).map(|p| (**p).clone()).collect();
-    let seen: HashMap<&str, i64> = pods.iter().map(|p| (p.uid().unwrap_or_default(), revision(&p.metadata))).collect();
-    if !ctx.expectations.lock().unwrap().satisfied(&uid, &|u| seen.get(u).copied(), Instant::now()) {
+    if !caught_up(&ctx.expectations, &uid, pods.iter().map(|p| &p.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     if set.is_deleting() {
@@ -88,16 +85,7 @@ async fn reconcile(set: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action> {
     let spec = set.spec.clone().unwrap_or_default();
     let claims = rs::claim(&uid, &spec.selector, &pods);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut owned = claims.owned;
-    let owner = rs::controller_ref("apps/v1", "ReplicaSet", set.name(), &uid);
-    for pod in claims.adopt {
-        if let Some(p) = set_controller(&api, &pod, Some(&owner)).await? {
-            owned.push(p);
-        }
-    }
-    for pod in claims.release {
-        set_controller(&api, &pod, None).await?;
-    }
+    let owned = settle(&api, claims, &rs::controller_ref("apps/v1", "ReplicaSet", set.name(), &uid)).await?;
     let active: Vec<Pod> = owned.iter().filter(|p| rs::is_active(p)).cloned().collect();
     let want = spec.replicas.unwrap_or(1).max(0) as usize;
     let wrote = if active.len() < want {
@@ -135,7 +123,7 @@ async fn create_pods(ctx: &Ctx, api: &Api<Pod>, set: &ReplicaSet, n: usize) -> R
             match r {
                 Ok(p) => {
                     ctx.recorder.event(object_ref(set), false, "SuccessfulCreate", &format!("Created pod: {}", p.name()));
-                    wrote.push(Expect { uid: p.uid().unwrap_or_default().into(), resource_version: revision(&p.metadata), gone_ok: false });
+                    wrote.push(written(&p.metadata));
                 }
                 Err(e) => failed = Some(e),
             }

@@ -153,9 +153,10 @@ impl Proxier {
 
     async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
         let ports = service_ports(services.iter().copied(), backends);
-        let Synced { rules, written, deleted, text } = match &self.engine {
-            Engine::Iptables(_) => self.sync_iptables(&ports, full).await?,
-            Engine::Nftables(_) => self.sync_nftables(&ports, full).await?,
+        let (runner, cidr) = (&self.runner, self.cluster_cidr.as_str());
+        let Synced { rules, written, deleted, text } = match &mut self.engine {
+            Engine::Iptables(planner) => sync_iptables(runner, cidr, planner, &ports, full).await?,
+            Engine::Nftables(planner) => sync_nftables(runner, cidr, planner, &ports, full).await?,
         };
         self.clear_udp_conntrack(&ports).await;
         {
@@ -169,52 +170,6 @@ impl Proxier {
         tracing::debug!(full, written, deleted, rules, "proxy synced");
         self.last_ports = ports;
         Ok(())
-    }
-
-    /// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
-    async fn sync_iptables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<Synced> {
-        let mut existing = vec![];
-        if full {
-            self.runner.nft_delete_table().await; // left by the nftables mode, if it ran here
-            for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])]
-            {
-                for c in chains {
-                    self.runner.ensure_chain(table, c).await?;
-                }
-            }
-            for (table, chain, rule) in jumps() {
-                self.runner.ensure_rule(table, chain, &rule).await?;
-            }
-            existing = iptables::chains(&self.runner.save("nat").await?);
-        }
-        let Engine::Iptables(planner) = &mut self.engine else { unreachable!("iptables engine") };
-        let plan = planner.plan(&self.cluster_cidr, ports, full, &existing);
-        self.runner.restore(&plan.ruleset.text).await?;
-        let out = Synced { rules: plan.ruleset.rules, written: plan.written, deleted: plan.deleted.len(), text: plan.ruleset.text.clone() };
-        planner.applied(plan);
-        Ok(out)
-    }
-
-    /// nftables mode: each transaction of the plan through `nft -f -`, in order.
-    async fn sync_nftables(&mut self, ports: &BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<Synced> {
-        let mut existing = vec![];
-        if full {
-            self.runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
-            existing = self.runner.nft_chains().await;
-        }
-        let Engine::Nftables(planner) = &mut self.engine else { unreachable!("nftables engine") };
-        let plan = planner.plan(&self.cluster_cidr, ports, full, &existing);
-        for tx in &plan.transactions {
-            self.runner.nft_apply(tx).await?;
-        }
-        let out = Synced {
-            rules: plan.rules,
-            written: plan.written,
-            deleted: plan.deleted.len(),
-            text: plan.transactions.join(nft::NEXT_TRANSACTION),
-        };
-        planner.applied(plan);
-        Ok(out)
     }
 
     /// UDP has no connection to close: conntrack keeps sending a flow to the endpoint it
@@ -232,6 +187,61 @@ impl Proxier {
             }
         }
     }
+}
+
+/// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
+async fn sync_iptables(
+    runner: &Runner,
+    cidr: &str,
+    planner: &mut Planner,
+    ports: &BTreeMap<(String, String), ServicePort>,
+    full: bool,
+) -> anyhow::Result<Synced> {
+    let mut existing = vec![];
+    if full {
+        runner.nft_delete_table().await; // left by the nftables mode, if it ran here
+        for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])] {
+            for c in chains {
+                runner.ensure_chain(table, c).await?;
+            }
+        }
+        for (table, chain, rule) in jumps() {
+            runner.ensure_rule(table, chain, &rule).await?;
+        }
+        existing = iptables::chains(&runner.save("nat").await?);
+    }
+    let plan = planner.plan(cidr, ports, full, &existing);
+    runner.restore(&plan.ruleset.text).await?;
+    let out = Synced { rules: plan.ruleset.rules, written: plan.written, deleted: plan.deleted.len(), text: plan.ruleset.text.clone() };
+    planner.applied(plan);
+    Ok(out)
+}
+
+/// nftables mode: each transaction of the plan through `nft -f -`, in order.
+async fn sync_nftables(
+    runner: &Runner,
+    cidr: &str,
+    planner: &mut nft::Planner,
+    ports: &BTreeMap<(String, String), ServicePort>,
+    full: bool,
+) -> anyhow::Result<Synced> {
+    let mut existing = vec![];
+    if full {
+        runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
+        existing = runner.nft_chains().await;
+    }
+    let plan = planner.plan(cidr, ports, full, &existing);
+    for tx in &plan.transactions {
+        runner.nft_apply(tx).await?;
+    }
+    let out = Synced {
+        rules: plan.rules,
+        written: plan.written,
+        deleted: plan.deleted.len(),
+        text: plan.transactions.join(nft::NEXT_TRANSACTION),
+    };
+    planner.applied(plan);
+    Ok(out)
 }
 
 // Each message lives for one hop through a channel; boxing would only add allocations.
