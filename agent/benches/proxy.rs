@@ -8,13 +8,13 @@
 //!
 //!     cargo bench -p agent --bench proxy -- [--mode iptables|nftables|both] [N | N:MODE ...]
 //!
-//! (iptables at 5,000 services takes about 25 minutes on this machine.)
+//! (About 3 minutes for all sizes and both modes on this machine.)
 
 #[path = "../tests/netns/mod.rs"]
 mod netns;
 
 use agent::proxy::{iptables::Runner, Mode, Proxier};
-use netns::Netns;
+use netns::{Lab, Netns};
 use pkg::api::{Endpoints, Service};
 use serde_json::json;
 use std::time::Instant;
@@ -51,23 +51,82 @@ async fn sync(p: &mut Proxier, s: &[Service], e: &[Endpoints]) -> f64 {
 async fn bare_load(mode: Mode, text: &str) -> f64 {
     let fresh = Netns::new("raw");
     let raw = Runner::in_netns(&fresh.name);
+    if mode == Mode::Iptables {
+        // What a full sync ensures before its first restore: the chains service chains jump to.
+        let fixed = ":KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n";
+        raw.restore(&format!("*nat\n{fixed}COMMIT\n")).await.expect("iptables-restore");
+    }
     let t = Instant::now();
-    match mode {
-        Mode::Iptables => raw.restore(text).await.expect("iptables-restore"),
-        Mode::Nftables => {
-            for tx in text.split(pkg::proxy::nftables::NEXT_TRANSACTION) {
-                raw.nft_apply(tx).await.expect("nft -f");
-            }
+    // The same transactions the sync ran, each its own restore / `nft -f`.
+    for tx in text.split(pkg::proxy::NEXT_TRANSACTION) {
+        match mode {
+            Mode::Iptables => raw.restore(tx).await.expect("iptables-restore"),
+            Mode::Nftables => raw.nft_apply(tx).await.expect("nft -f"),
         }
     }
     t.elapsed().as_secs_f64()
 }
 
-/// One size in one mode: full sync, one endpoint less, one service more, bare loader.
+/// The probe: a service sorted after every `bench/svc-*`, in front of the lab's backend.
+fn probe() -> (Service, Endpoints) {
+    let s = serde_json::from_value(json!({"metadata": {"name": "probe", "namespace": "zz"},
+        "spec": {"clusterIP": "10.96.250.250", "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}}))
+    .unwrap();
+    let e = serde_json::from_value(json!({"metadata": {"name": "probe", "namespace": "zz"},
+        "subsets": [{"addresses": [{"ip": Lab::backend_ip(0)}], "ports": [{"port": 8080, "protocol": "TCP"}]}]}))
+    .unwrap();
+    (s, e)
+}
+
+/// Connection setup times (µs, sorted) of `n` connections from the client to `target`,
+/// each one opened, read to its end (the backend writes and closes) and dropped.
+fn connect_times(lab: &Lab, target: &str, n: usize) -> Vec<f64> {
+    let target: std::net::SocketAddr = target.parse().unwrap();
+    let mut t = lab
+        .client
+        .run(move || {
+            use std::io::Read;
+            (0..n)
+                .map(|_| {
+                    let t = Instant::now();
+                    let mut c = std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).expect("connect");
+                    let us = t.elapsed().as_secs_f64() * 1e6;
+                    let _ = c.read_to_end(&mut vec![]);
+                    us
+                })
+                .collect::<Vec<f64>>()
+        })
+        .join()
+        .unwrap();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+fn serve(lab: &Lab) {
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let r = ready.clone();
+    lab.backends[0].run(move || {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        r.wait();
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"be1");
+        }
+    });
+    ready.wait();
+}
+
+/// One size in one mode: full sync, one endpoint less, one service more, bare loader,
+/// then connections through the probe's ClusterIP and straight to its backend.
 async fn measure(mode: Mode, n: usize) -> serde_json::Value {
-    let ns = Netns::new("bench");
-    let mut p = Proxier::with_mode(Runner::in_netns(&ns.name), "10.244.0.0/16", mode);
+    let lab = Lab::new(1);
+    serve(&lab);
+    let mut p = Proxier::with_mode(Runner::in_netns(&lab.node.name), "10.244.0.0/16", mode);
+    p.prepare_host().await;
     let (mut s, mut e) = world(n);
+    let (ps, pe) = probe();
+    s.push(ps);
+    e.push(pe);
     let full = sync(&mut p, &s, &e).await;
     let stats = p.stats.lock().unwrap().clone();
     e[n / 2].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
@@ -77,10 +136,23 @@ async fn measure(mode: Mode, n: usize) -> serde_json::Value {
     e.push(e1[n].clone());
     let service = sync(&mut p, &s, &e).await;
     let bare = bare_load(mode, &stats.last_ruleset).await;
+    let pct = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let via = connect_times(&lab, "10.96.250.250:80", 2000);
+    let direct = connect_times(&lab, &format!("{}:8080", Lab::backend_ip(0)), 2000);
     let mode_name = format!("{mode:?}").to_lowercase();
-    println!("{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3}", stats.rules);
+    println!(
+        "{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3} {:>14.1} {:>12.1} {:>10.1}",
+        stats.rules,
+        pct(&via, 0.5),
+        pct(&via, 0.99),
+        pct(&direct, 0.5)
+    );
     json!({"mode": mode_name, "services": n, "endpoints_per_service": 10, "rules": stats.rules, "full_sync_s": full,
-           "one_endpoint_change_s": endpoint, "one_service_change_s": service, "bare_loader_s": bare})
+           "one_endpoint_change_s": endpoint, "one_service_change_s": service, "bare_loader_s": bare,
+           "transactions": stats.last_ruleset.matches(pkg::proxy::NEXT_TRANSACTION).count() + 1,
+           "clusterip_connect_us": {"p50": pct(&via, 0.5), "p99": pct(&via, 0.99), "mean": via.iter().sum::<f64>() / via.len() as f64},
+           "direct_connect_us": {"p50": pct(&direct, 0.5), "p99": pct(&direct, 0.99), "mean": direct.iter().sum::<f64>() / direct.len() as f64},
+           "connections": 2000})
 }
 
 /// Full-sync seconds against services, one line per mode, log-log.
@@ -163,8 +235,17 @@ async fn main() {
         sizes = vec![(100, None), (1_000, None), (5_000, None)];
     }
     println!(
-        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}",
-        "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s"
+        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12} {:>14} {:>12} {:>10}",
+        "mode",
+        "services",
+        "rules",
+        "full sync s",
+        "-1 endpoint s",
+        "+1 service s",
+        "bare load s",
+        "ClusterIP p50us",
+        "p99us",
+        "direct p50"
     );
     let mut rows = vec![];
     for (n, only) in sizes {

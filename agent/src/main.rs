@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         registries.mirrors.insert(name.to_string(), url.to_string());
     }
     let client = Client::new(&flags.apiserver);
-    let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode);
+    let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode).on_node(&flags.node_name);
     let state = agent::debug::DebugState { proxy: proxier.stats.clone() };
     tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, proxy_mode = ?flags.proxy_mode, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
@@ -101,10 +101,12 @@ async fn main() -> anyhow::Result<()> {
         lease_renew: pkg::kubelet::node::RENEW_EVERY,
         netns: None,
     };
-    let kubelet = Kubelet::start(kubelet::client_for(&flags.apiserver)?, rt, cfg).await?;
+    let kube_client = kubelet::client_for(&flags.apiserver)?;
+    let reporting = agent::proxy::Reporting::with_events(kube_client.clone(), &flags.node_name);
+    let kubelet = Kubelet::start(kube_client, rt, cfg).await?;
     tokio::select! {
         _ = kubelet.run() => {}
-        _ = agent::proxy::run(client, proxier, Duration::from_secs(flags.iptables_resync_seconds)) => {}
+        _ = agent::proxy::run(client, proxier, Duration::from_secs(flags.iptables_resync_seconds), reporting) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods and rules stay in place"),
     }
     Ok(())

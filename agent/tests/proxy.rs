@@ -1,30 +1,43 @@
 //! kube-proxy against the real `iptables` (nf_tables backend) and the real `nft`, inside
 //! throwaway network namespaces: the same packet assertions hold in both modes — a client
 //! reaches every backend through a ClusterIP and a NodePort, a service without endpoints
-//! refuses, UDP flows move off a removed endpoint, a deleted service leaves no rule.
+//! refuses, UDP flows move off a removed endpoint, a deleted service leaves no rule; and
+//! the Service policies: ClientIP affinity holds a client on one endpoint,
+//! `externalTrafficPolicy: Local` sends to local endpoints only and the pod sees the
+//! client's own address, a node without local endpoints drops, `internalTrafficPolicy:
+//! Local` keeps ClusterIP traffic on the node.
 
 mod netns;
 use agent::proxy::{iptables::Runner, Mode, Proxier};
 use netns::*;
-use pkg::api::{Endpoints, Service};
+use pkg::api::{EndpointSlice, Endpoints, Service};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-/// Each backend answers TCP on 8080 and UDP on 5353 with its own name.
+/// Each backend answers TCP on 8080 and UDP on 5353 with its own name, and TCP on 8081
+/// with its name and the address the connection came from.
 fn serve_backends(lab: &Lab) {
     for (i, b) in lab.backends.iter().enumerate() {
         let name = format!("be{}", i + 1);
-        let n2 = name.clone();
-        let ready = std::sync::Arc::new(std::sync::Barrier::new(3));
-        let (r1, r2) = (ready.clone(), ready.clone());
+        let (n2, n3) = (name.clone(), name.clone());
+        let ready = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let (r1, r2, r3) = (ready.clone(), ready.clone(), ready.clone());
         b.run(move || {
             let l = TcpListener::bind("0.0.0.0:8080").unwrap();
             r1.wait();
             for mut s in l.incoming().flatten() {
                 let _ = s.write_all(name.as_bytes());
+            }
+        });
+        b.run(move || {
+            let l = TcpListener::bind("0.0.0.0:8081").unwrap();
+            r3.wait();
+            for mut s in l.incoming().flatten() {
+                let from = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+                let _ = s.write_all(format!("{n3} {from}").as_bytes());
             }
         });
         b.run(move || {
@@ -106,7 +119,7 @@ fn chains_of(rules: &str, mode: Mode, svc: &str) -> Vec<String> {
             .filter(|l| l.contains(&format!("{svc}:")) && (l.starts_with("-A KUBE-SVC-") || l.starts_with("-A KUBE-SEP-")))
             .map(|l| l.split(' ').nth(1).unwrap().to_string())
             .collect(),
-        Mode::Nftables => pkg::proxy::nftables::chains(rules).into_iter().filter(|c| c.contains(&format!("-{svc}/"))).collect(),
+        Mode::Nftables => pkg::proxy::nftables::objects(rules).into_iter().filter(|c| c.contains(&format!("-{svc}/"))).collect(),
     };
     out.sort();
     out.dedup();
@@ -261,4 +274,126 @@ async fn reaches_every_backend(mode: Mode) {
         .join()
         .unwrap();
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+}
+
+/// A connection attempt from the client that must fail: how it failed.
+fn connect_error(lab: &Lab, target: &str) -> ErrorKind {
+    let target: SocketAddr = target.parse().unwrap();
+    lab.client
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_millis(1500)).map(|_| ()).map_err(|e| e.kind()))
+        .join()
+        .unwrap()
+        .expect_err("the connection must not succeed")
+}
+
+/// An EndpointSlice of `name`: backends `(index, node)` on port 8080 (`http`) and 8081 (`who`).
+fn slice(name: &str, backends: &[(usize, &str)]) -> EndpointSlice {
+    let eps: Vec<_> = backends.iter().map(|(i, node)| json!({"addresses": [Lab::backend_ip(*i)], "nodeName": node})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-1"), "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "who", "port": 8081, "protocol": "TCP"}]}))
+    .unwrap()
+}
+
+fn policy_svc(name: &str, ip: &str, ty: &str, node_port: Option<u16>, extra: serde_json::Value) -> Service {
+    let mut port = json!({"name": "who", "port": 80, "targetPort": "who", "protocol": "TCP"});
+    if let Some(np) = node_port {
+        port["nodePort"] = json!(np);
+    }
+    let mut spec = json!({"type": ty, "clusterIP": ip, "ports": [port]});
+    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}, "spec": spec})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_honours_service_policies() {
+    honours_service_policies(Mode::Iptables).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_honours_service_policies() {
+    honours_service_policies(Mode::Nftables).await;
+}
+
+/// be1 runs on this node (`node-a`); be2 and be3 are taken to run on `node-b` (they sit
+/// behind the same bridge, so a packet sent to them would arrive: only the rules keep it away).
+async fn honours_service_policies(mode: Mode) {
+    let lab = Lab::new(3);
+    serve_backends(&lab);
+    let mut proxier = Proxier::with_mode(Runner::in_netns(&lab.node.name), "10.244.0.0/16", mode).on_node("node-a");
+    proxier.prepare_host().await;
+    let all = [(0, "node-a"), (1, "node-b"), (2, "node-b")];
+    let services = [
+        policy_svc(
+            "sticky",
+            "10.96.0.60",
+            "ClusterIP",
+            None,
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}}}),
+        ),
+        policy_svc("spread", "10.96.0.61", "NodePort", Some(30003), json!({"externalTrafficPolicy": "Cluster"})),
+        policy_svc("edge", "10.96.0.62", "NodePort", Some(30002), json!({"externalTrafficPolicy": "Local"})),
+        policy_svc("far", "10.96.0.63", "NodePort", Some(30004), json!({"externalTrafficPolicy": "Local"})),
+        policy_svc("near", "10.96.0.64", "ClusterIP", None, json!({"internalTrafficPolicy": "Local"})),
+        policy_svc("nowhere", "10.96.0.65", "ClusterIP", None, json!({"internalTrafficPolicy": "Local"})),
+    ];
+    let slices = [
+        slice("sticky", &all),
+        slice("spread", &all),
+        slice("edge", &all),
+        slice("far", &[(1, "node-b"), (2, "node-b")]),
+        slice("near", &all),
+        slice("nowhere", &[(2, "node-b")]),
+    ];
+    let svcs: Vec<&Service> = services.iter().collect();
+    proxier.sync(&svcs, &pkg::proxy::backends_from_slices(&slices)).await.expect("sync");
+
+    // Affinity: 60 connections in a row from one client, one backend (by chance: 3 x 3^-60).
+    let hits = tcp_hits(&lab, "10.96.0.60:80", 60);
+    assert_eq!(hits.len(), 1, "{mode:?}: ClientIP affinity keeps the client on one endpoint: {hits:?}");
+
+    // externalTrafficPolicy: Cluster spreads and masquerades; Local stays here and keeps the source.
+    let spread = tcp_hits(&lab, &format!("{NODE_IP}:30003"), 60);
+    assert!(spread.len() > 1 && spread.keys().all(|k| !k.ends_with("10.99.0.2")), "{mode:?}: Cluster: spread, masqueraded: {spread:?}");
+    let edge = tcp_hits(&lab, &format!("{NODE_IP}:30002"), 60);
+    assert_eq!(edge.keys().collect::<Vec<_>>(), ["be1 10.99.0.2"], "{mode:?}: Local: only the local endpoint, client address kept");
+    // No local endpoint: dropped (not refused: a load balancer's health check moves traffic away).
+    assert_eq!(connect_error(&lab, &format!("{NODE_IP}:30004")), ErrorKind::TimedOut, "{mode:?}: far");
+    // ... while its ClusterIP (policy Cluster) still reaches the remote endpoints.
+    assert!(tcp_hits(&lab, "10.96.0.63:80", 20).keys().all(|k| k.starts_with("be2") || k.starts_with("be3")));
+
+    // internalTrafficPolicy: Local: the ClusterIP reaches only the local endpoint; none here: dropped.
+    let near = tcp_hits(&lab, "10.96.0.64:80", 40);
+    assert_eq!(near.keys().map(|k| &k[..3]).collect::<Vec<_>>(), ["be1"], "{mode:?}: near: {near:?}");
+    assert_eq!(connect_error(&lab, "10.96.0.65:80"), ErrorKind::TimedOut, "{mode:?}: nowhere");
+
+    // A restarted proxy converges to the same behaviour (and the health checks say who serves).
+    let mut again = Proxier::with_mode(Runner::in_netns(&lab.node.name), "10.244.0.0/16", mode).on_node("node-a");
+    again.sync(&svcs, &pkg::proxy::backends_from_slices(&slices)).await.expect("sync");
+    assert_eq!(tcp_hits(&lab, "10.96.0.60:80", 20).len(), 1, "{mode:?}: affinity after a restart");
+    assert_eq!(tcp_hits(&lab, &format!("{NODE_IP}:30002"), 20).len(), 1);
+}
+
+/// The health check of an `externalTrafficPolicy: Local` LoadBalancer: 200 with local
+/// endpoints, 503 without, gone when the service is.
+#[tokio::test]
+async fn health_check_ports_answer_by_local_endpoints() {
+    use agent::proxy::healthcheck::HealthServers;
+    use pkg::proxy::HealthCheck;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut servers = HealthServers::on(std::net::Ipv4Addr::LOCALHOST);
+    let want = |n: usize| std::collections::BTreeMap::from([(port, HealthCheck { service: "default/edge".into(), local_endpoints: n })]);
+    let get = || async move { reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await };
+    servers.sync(&want(2)).await;
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"service": {"namespace": "default", "name": "edge"}, "localEndpoints": 2, "serviceProxyHealthy": true}));
+    servers.sync(&want(0)).await;
+    assert_eq!(get().await.unwrap().status(), 503);
+    servers.sync(&Default::default()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(get().await.is_err(), "the server stops with its service");
+    assert!(servers.ports().is_empty());
 }

@@ -109,7 +109,7 @@ impl Api {
     async fn claim_lost(&self, kind: &str, name: &str, claim: &Claim, taken: &mut HashSet<String>) -> Result<(), ApiError> {
         if claim.requested {
             let holder = self.store.get_raw(&claim.key).await?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-            let what = if claim.field.contains("nodePort") {
+            let what = if claim.field.to_lowercase().contains("nodeport") {
                 "port"
             } else if claim.field.contains("podCIDR") {
                 "CIDR"

@@ -221,6 +221,11 @@ fn default_service(spec: &mut ServiceSpec) {
     }
     spec.type_.get_or_insert_with(|| "ClusterIP".into());
     spec.session_affinity.get_or_insert_with(|| "None".into());
+    if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let cfg = spec.session_affinity_config.get_or_insert_with(Default::default);
+        let client = cfg.client_ip.get_or_insert_with(Default::default);
+        client.timeout_seconds.get_or_insert(pkg::proxy::DEFAULT_AFFINITY_SECS as i32);
+    }
     if spec.type_.as_deref() != Some("ExternalName") {
         spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
         spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
@@ -228,6 +233,22 @@ fn default_service(spec: &mut ServiceSpec) {
     }
     if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
         spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+    }
+}
+
+/// What an update that changes a service's type leaves behind from the old type, and
+/// the user did not change, goes: `externalTrafficPolicy` when it stops being reachable
+/// from outside, `healthCheckNodePort` when it stops being a `Local` LoadBalancer (as
+/// kube-apiserver's dropTypeDependentFields does; `kubectl apply` sends the old values back).
+fn drop_type_dependent_fields(new: &mut Service, old: &Service) {
+    let (Some(spec), Some(old_spec)) = (new.spec.as_mut(), old.spec.as_ref()) else { return };
+    let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    if !external && spec.external_traffic_policy == old_spec.external_traffic_policy {
+        spec.external_traffic_policy = None;
+    }
+    let wants_hc = spec.type_.as_deref() == Some("LoadBalancer") && spec.external_traffic_policy.as_deref() == Some("Local");
+    if !wants_hc && spec.health_check_node_port == old_spec.health_check_node_port {
+        spec.health_check_node_port = None;
     }
 }
 
@@ -245,6 +266,7 @@ impl Strategy for Service {
     }
     fn prepare_update(&mut self, old: &Self) -> Vec<StatusCause> {
         copy_field(self, old, "status");
+        drop_type_dependent_fields(self, old);
         default_service(self.spec.get_or_insert_with(Default::default));
         let mut c = vec![];
         let old_spec = old.spec.clone().unwrap_or_default();
@@ -281,6 +303,7 @@ impl Strategy for Service {
         let mut claims = vec![];
         self.claim_cluster_ip(old, cfg, taken, seed, &mut claims)?;
         self.claim_node_ports(old, cfg, taken, seed, &mut claims)?;
+        self.claim_health_check_node_port(old, cfg, taken, seed, &mut claims)?;
         Ok(claims)
     }
 }
@@ -295,6 +318,14 @@ trait ServiceClaims {
         out: &mut Vec<Claim>,
     ) -> Result<(), ApiErrorKind>;
     fn claim_node_ports(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind>;
+    fn claim_health_check_node_port(
         &mut self,
         old: Option<&Self>,
         cfg: &Config,
@@ -380,6 +411,47 @@ impl ServiceClaims for Service {
                 out.push(Claim { key, field: format!("spec.ports[{i}].nodePort"), value: port.to_string(), requested });
             }
         }
+        Ok(())
+    }
+
+    /// The `healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy:
+    /// Local`: the one asked for, the one it had, or a free one from the nodePort range
+    /// (it shares the range, and its claims, with the nodePorts).
+    fn claim_health_check_node_port(
+        &mut self,
+        old: Option<&Self>,
+        cfg: &Config,
+        taken: &HashSet<String>,
+        seed: u64,
+        out: &mut Vec<Claim>,
+    ) -> Result<(), ApiErrorKind> {
+        let wants = self.wants_health_check();
+        let held = old.and_then(|o| o.spec.as_ref()).and_then(|s| s.health_check_node_port);
+        let spec = self.spec.get_or_insert_with(Default::default);
+        if !wants {
+            spec.health_check_node_port = None;
+            return Ok(());
+        }
+        let port = match spec.health_check_node_port.filter(|&n| n != 0).or(held) {
+            Some(n) => n,
+            None => {
+                let range = cfg.service_node_port_range;
+                let mine: HashSet<String> = out.iter().map(|c| c.key.clone()).collect();
+                let pick = first_free(range.size(), (seed >> 30) % range.size(), |j| {
+                    let key = format!("{NODE_PORTS}{}", range.low as i64 + j as i64);
+                    mine.contains(&key) || taken.contains(&key)
+                })
+                .ok_or_else(|| ApiErrorKind::RangeFull(format!("failed to allocate a healthCheckNodePort: range {range} is full")))?;
+                range.low as i32 + pick as i32
+            }
+        };
+        spec.health_check_node_port = Some(port);
+        let key = format!("{NODE_PORTS}{port}");
+        if out.iter().any(|c| c.key == key) {
+            let cause = StatusCause::invalid("spec.healthCheckNodePort", port, "may not be the same as a nodePort of the service");
+            return Err(ApiErrorKind::Invalid(vec![cause]));
+        }
+        out.push(Claim { key, field: "spec.healthCheckNodePort".into(), value: port.to_string(), requested: held != Some(port) });
         Ok(())
     }
 }

@@ -454,3 +454,65 @@ async fn etcd_outage_is_503_and_recovers_without_restart() {
     assert_eq!(names(&list), ["before"]);
     c.create(PODS, pod("after", json!({}))).await;
 }
+
+#[tokio::test]
+async fn service_policies_are_defaulted_validated_and_health_check_ports_allocated() {
+    let c = Cluster::start().await;
+    // ClientIP affinity gets Kubernetes' default timeout (3 h).
+    let s = c.create(SVCS, json!({"metadata": {"name": "sticky"}, "spec": {"sessionAffinity": "ClientIP", "ports": [{"port": 80}]}})).await;
+    assert_eq!(s["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10800);
+    assert_eq!(s["spec"]["internalTrafficPolicy"], "Cluster");
+
+    // A LoadBalancer with externalTrafficPolicy: Local gets a healthCheckNodePort from the
+    // nodePort range, distinct from its nodePort; a Cluster one gets none.
+    let lb =
+        json!({"metadata": {"name": "edge"}, "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "ports": [{"port": 80}]}});
+    let s = c.create(SVCS, lb.clone()).await;
+    let hc = s["spec"]["healthCheckNodePort"].as_i64().expect("a healthCheckNodePort");
+    assert!((30000..=32767).contains(&hc) && hc != s["spec"]["ports"][0]["nodePort"].as_i64().unwrap(), "{s}");
+    let s2 = c.create(SVCS, json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})).await;
+    assert!(s2["spec"]["healthCheckNodePort"].is_null());
+    // It is claimed like a nodePort: another service asking for it is told who holds it.
+    let (code, st) =
+        c.post(SVCS, &json!({"metadata": {"name": "thief"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}})).await;
+    assert_eq!((code, st["details"]["causes"][0]["field"].as_str()), (422, Some("spec.ports[0].nodePort")), "{st}");
+    assert!(st["message"].as_str().unwrap().contains("default/edge"), "{st}");
+    // Kept across a replace that leaves it out; released when the policy goes back to Cluster.
+    let (_, cur) = c.get(&format!("{SVCS}/edge")).await;
+    let mut upd = lb.clone();
+    upd["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"].clone();
+    let (code, kept) = c.put(&format!("{SVCS}/edge"), &upd).await;
+    assert_eq!((code, kept["spec"]["healthCheckNodePort"].as_i64()), (200, Some(hc)), "{kept}");
+    let mut cluster = kept.clone();
+    cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let (code, v) = c.put(&format!("{SVCS}/edge"), &cluster).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["spec"]["healthCheckNodePort"].is_null(), "{v}");
+    c.create(SVCS, json!({"metadata": {"name": "heir"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": hc}]}})).await;
+
+    // Bad values: a Status naming the field.
+    for (spec, field) in [
+        (json!({"sessionAffinity": "Sticky", "ports": [{"port": 80}]}), "spec.sessionAffinity"),
+        (
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}, "ports": [{"port": 80}]}),
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+        ),
+        (json!({"sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}, "ports": [{"port": 80}]}), "spec.sessionAffinityConfig"),
+        (json!({"internalTrafficPolicy": "Nearby", "ports": [{"port": 80}]}), "spec.internalTrafficPolicy"),
+        (json!({"type": "NodePort", "externalTrafficPolicy": "local", "ports": [{"port": 80}]}), "spec.externalTrafficPolicy"),
+        (json!({"externalTrafficPolicy": "Local", "ports": [{"port": 80}]}), "spec.externalTrafficPolicy"),
+        (json!({"type": "NodePort", "healthCheckNodePort": 31000, "ports": [{"port": 80}]}), "spec.healthCheckNodePort"),
+        (
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 80, "ports": [{"port": 80}]}),
+            "spec.healthCheckNodePort",
+        ),
+        (
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 31001, "ports": [{"port": 80, "nodePort": 31001}]}),
+            "spec.healthCheckNodePort",
+        ),
+    ] {
+        let (code, st) = c.post(SVCS, &json!({"metadata": {"name": "bad"}, "spec": spec})).await;
+        assert_eq!(code, 422, "{spec}: {st}");
+        assert_eq!(st["details"]["causes"][0]["field"], field, "{spec}: {st}");
+    }
+}

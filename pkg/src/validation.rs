@@ -285,7 +285,55 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
     if let Some(sel) = &spec.selector {
         labels_valid(sel, "spec.selector", &mut c);
     }
+    validate_service_policies(svc, ranges, &node_ports, &mut c);
     c
+}
+
+/// Session affinity, the two traffic policies and the health-check port, as
+/// kube-apiserver checks them.
+fn validate_service_policies(svc: &Service, ranges: &ServiceRanges, node_ports: &HashSet<(i32, String)>, c: &mut Vec<StatusCause>) {
+    let empty = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&empty);
+    let affinity = spec.session_affinity.as_deref().unwrap_or("None");
+    if !["None", "ClientIP"].contains(&affinity) {
+        c.push(StatusCause::not_supported("spec.sessionAffinity", affinity, &["ClientIP", "None"]));
+    }
+    let timeout = spec.session_affinity_config.as_ref().and_then(|a| a.client_ip.as_ref()).and_then(|ip| ip.timeout_seconds);
+    match timeout {
+        Some(t) if affinity == "ClientIP" && !(1..=86400).contains(&t) => c.push(StatusCause::invalid(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            t,
+            "must be greater than 0 and less than 86400",
+        )),
+        Some(_) if affinity != "ClientIP" => {
+            c.push(StatusCause::invalid("spec.sessionAffinityConfig", "{...}", "must not be set when `sessionAffinity` is None"))
+        }
+        _ => {}
+    }
+    for (field, value) in
+        [("spec.externalTrafficPolicy", &spec.external_traffic_policy), ("spec.internalTrafficPolicy", &spec.internal_traffic_policy)]
+    {
+        if let Some(v) = value.as_deref().filter(|v| !["Cluster", "Local"].contains(v)) {
+            c.push(StatusCause::not_supported(field, v, &["Cluster", "Local"]));
+        }
+    }
+    if spec.external_traffic_policy.is_some() && !svc.wants_node_ports() {
+        let ext = format!("\"{}\"", spec.external_traffic_policy.as_deref().unwrap_or(""));
+        c.push(StatusCause::invalid("spec.externalTrafficPolicy", ext, "may only be set for externally-accessible services"));
+    }
+    let Some(hc) = spec.health_check_node_port.filter(|&p| p != 0) else { return };
+    if !svc.wants_health_check() {
+        c.push(StatusCause::invalid(
+            "spec.healthCheckNodePort",
+            hc,
+            "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+        ));
+    } else if !ranges.node_ports.contains(i64::from(hc)) {
+        let msg = format!("provided port is not in the valid range. The range of valid ports is {}", ranges.node_ports);
+        c.push(StatusCause::invalid("spec.healthCheckNodePort", hc, &msg));
+    } else if node_ports.iter().any(|(p, _)| *p == hc) {
+        c.push(StatusCause::invalid("spec.healthCheckNodePort", hc, "may not be the same as a nodePort of the service"));
+    }
 }
 
 pub fn validate_node(node: &Node) -> Vec<StatusCause> {

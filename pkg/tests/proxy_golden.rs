@@ -51,7 +51,7 @@ fn check(name: &str, got: &str) {
 }
 
 fn ports(services: &[Service], endpoints: &[Endpoints]) -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
-    service_ports(services, &backends_from_endpoints(endpoints))
+    service_ports(services, &backends_from_endpoints(endpoints), "node-a")
 }
 
 #[test]
@@ -109,6 +109,7 @@ fn partial_sync_writes_only_what_changed_and_removal_removes_exactly_its_chains(
         port: 0,
         node_port: None,
         endpoints: vec![],
+        ..Default::default()
     };
     let mut want = vec![api_port.svc_chain(), api_port.sep_chain("10.244.0.9", 9000), api_port.sep_chain("10.244.1.7", 9000)];
     want.sort();
@@ -137,4 +138,88 @@ fn nftables_syncs_match_golden() {
     check("partial-endpoint-removed.nft", &partial.transactions[0]);
     assert_eq!((partial.written, partial.flushed.len()), (1, 1), "webapp's service chain rewritten, one endpoint chain flushed");
     assert!(!partial.transactions[0].contains("element"), "no map changes when only endpoints change");
+}
+
+/// The policies, rendered for node `node-a`: `sticky` (ClientIP affinity, 60 s), `edge`
+/// (NodePort, `externalTrafficPolicy: Local`, one endpoint here and one on node-b),
+/// `far` (the same with no endpoint here), `near` (`internalTrafficPolicy: Local`, one
+/// endpoint here) and `nowhere` (`internalTrafficPolicy: Local`, none here).
+fn policy_fixture() -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
+    let svc_with = |name: &str, ip: &str, spec: serde_json::Value| {
+        let mut s = json!({"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]});
+        s.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        svc(json!({"metadata": {"name": name, "namespace": "default"}, "spec": s}))
+    };
+    let np = |n: u16| json!([{"port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": n}]);
+    let services = vec![
+        svc_with(
+            "sticky",
+            "10.96.1.1",
+            json!({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+        ),
+        svc_with("edge", "10.96.1.2", json!({"type": "NodePort", "externalTrafficPolicy": "Local", "ports": np(30101)})),
+        svc_with("far", "10.96.1.3", json!({"type": "NodePort", "externalTrafficPolicy": "Local", "ports": np(30102)})),
+        svc_with("near", "10.96.1.4", json!({"internalTrafficPolicy": "Local"})),
+        svc_with("nowhere", "10.96.1.5", json!({"internalTrafficPolicy": "Local"})),
+    ];
+    let slice = |svc: &str, eps: &[(&str, &str)]| -> pkg::api::EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}],
+            "endpoints": eps.iter().map(|(ip, node)| json!({"addresses": [ip], "nodeName": node})).collect::<Vec<_>>()}))
+        .unwrap()
+    };
+    let slices = [
+        slice("sticky", &[("10.244.0.2", "node-a"), ("10.244.1.2", "node-b")]),
+        slice("edge", &[("10.244.0.3", "node-a"), ("10.244.1.3", "node-b")]),
+        slice("far", &[("10.244.1.4", "node-b")]),
+        slice("near", &[("10.244.0.5", "node-a"), ("10.244.1.5", "node-b")]),
+        slice("nowhere", &[("10.244.1.6", "node-b")]),
+    ];
+    service_ports(&services, &pkg::proxy::backends_from_slices(&slices), "node-a")
+}
+
+#[test]
+fn policies_match_golden_in_both_modes() {
+    let ports = policy_fixture();
+    let edge = &ports[&("default/edge:80".to_string(), "tcp".to_string())];
+    assert_eq!(edge.local_endpoints, [("10.244.0.3".to_string(), 8080)]);
+    assert_eq!(edge.endpoints.len(), 2);
+    assert!(ports[&("default/sticky:80".to_string(), "tcp".to_string())].local_endpoints.is_empty(), "no Local policy: not computed");
+
+    let ipt = Planner::default().plan("10.244.0.0/16", &ports, true, &[]).ruleset.text;
+    check("policies.iptables", &ipt);
+    let nft = pkg::proxy::nftables::Planner::default()
+        .plan("10.244.0.0/16", &ports, true, &[])
+        .transactions
+        .join(pkg::proxy::nftables::NEXT_TRANSACTION);
+    check("policies.nft", &nft);
+    for (text, mode) in [(&ipt, "iptables"), (&nft, "nftables")] {
+        // far and nowhere: no endpoint here, so dropped, not rejected; near's ClusterIP
+        // goes to its local endpoint only and is not masqueraded.
+        assert!(!text.contains("10.244.1.5"), "{mode}: near's remote endpoint is never used");
+        assert!(!text.contains("10.244.1.6"), "{mode}: nowhere's remote endpoint is never used");
+    }
+    assert!(
+        ipt.contains("\"default/far:80 has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30102 -j DROP"),
+        "{ipt}"
+    );
+    assert!(ipt.contains("\"default/nowhere:80 has no local endpoints\" -d 10.96.1.5/32 -p tcp -m tcp --dport 80 -j DROP"), "{ipt}");
+    assert!(ipt.contains("--rcheck --seconds 60 --reap"), "{ipt}");
+    assert!(nft.contains("add element ip ownkube no-endpoint-nodeports { tcp . 30102 : drop }"), "{nft}");
+    assert!(nft.contains("add element ip ownkube no-endpoint-services { 10.96.1.5 . tcp . 80 : drop }"), "{nft}");
+    assert!(nft.contains("flags dynamic,timeout ; timeout 60s"), "{nft}");
+}
+
+/// SCTP ports get no rules and are reported; the TCP port of the same service is kept.
+#[test]
+fn sctp_ports_are_refused_with_a_reason() {
+    let s = svc(json!({"metadata": {"name": "sig", "namespace": "default"}, "spec": {"clusterIP": "10.96.2.2", "ports": [
+        {"name": "a", "port": 9999, "protocol": "SCTP"}, {"name": "b", "port": 80, "protocol": "TCP"}]}}));
+    let ports = service_ports([&s], &BTreeMap::new(), "node-a");
+    assert_eq!(ports.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(), ["default/sig:b"]);
+    let why = pkg::proxy::unsupported([&s]);
+    assert_eq!(why.len(), 1);
+    assert_eq!(why[0].0, "default/sig");
+    assert!(why[0].1.contains("9999/SCTP"), "{:?}", why);
 }

@@ -1,8 +1,11 @@
 //! `whoami`: a tiny HTTP server for the lab. `GET /` answers
-//! `HOSTNAME:<pod name> IP:<pod ip> VERSION:<$VERSION>` so that `curl NODE_IP:30001` shows
-//! which pod (and which version of a Deployment) answered. The IP is the address the
-//! connection arrived on: behind a Service that is the pod's own, because kube-proxy's
-//! DNAT rewrote the destination to it.
+//! `HOSTNAME:<pod name> IP:<pod ip> VERSION:<$VERSION> CLIENT:<source ip>` so that
+//! `curl NODE_IP:30001` shows which pod (and which version of a Deployment) answered. The
+//! IP is the address the connection arrived on: behind a Service that is the pod's own,
+//! because kube-proxy's DNAT rewrote the destination to it. CLIENT is the address it came
+//! from: through a NodePort with `externalTrafficPolicy: Cluster` that is a node's (the
+//! proxy masqueraded it, so the reply can return through that node); with `Local`, the
+//! real client's.
 //!
 //! For probes and rollouts:
 //! - `GET /healthz` (liveness) and `GET /readyz` (readiness) answer 200, or 503 once
@@ -35,7 +38,7 @@ fn hostname() -> String {
 }
 
 /// The answer to one path: status code and body.
-fn route(path: &str, host: &str, ip: &str, version: &str) -> (u16, String) {
+fn route(path: &str, host: &str, ip: &str, version: &str, client: &str) -> (u16, String) {
     let ok = |b: &str| (200, format!("{b}\n"));
     match path {
         "/healthz" if FAIL_HEALTH.load(Ordering::SeqCst) => (503, "failing on purpose (GET /recover to stop)\n".into()),
@@ -56,7 +59,7 @@ fn route(path: &str, host: &str, ip: &str, version: &str) -> (u16, String) {
             FAIL_READY.store(false, Ordering::SeqCst);
             ok("recovered")
         }
-        _ => ok(&format!("HOSTNAME:{host} IP:{ip} VERSION:{version}")),
+        _ => ok(&format!("HOSTNAME:{host} IP:{ip} VERSION:{version} CLIENT:{client}")),
     }
 }
 
@@ -71,7 +74,8 @@ fn handle(mut s: TcpStream, host: &str, version: &str) -> std::io::Result<()> {
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/");
     let ip = s.local_addr()?.ip().to_string();
-    let (code, body) = route(path, host, &ip, version);
+    let client = s.peer_addr()?.ip().to_string();
+    let (code, body) = route(path, host, &ip, version, &client);
     let reason = if code == 200 { "OK" } else { "Service Unavailable" };
     // One write: `write!` straight to the socket would send each piece as its own segment.
     let response = format!(
@@ -114,13 +118,13 @@ mod tests {
 
     #[test]
     fn probes_fail_on_demand_and_while_draining() {
-        assert_eq!(route("/", "web-1", "10.244.0.2", "v2").1, "HOSTNAME:web-1 IP:10.244.0.2 VERSION:v2\n");
-        assert_eq!(route("/readyz", "h", "i", "v").0, 200);
-        route("/fail/readyz", "h", "i", "v");
-        assert_eq!((route("/readyz", "h", "i", "v").0, route("/healthz", "h", "i", "v").0), (503, 200));
-        route("/recover", "h", "i", "v");
+        assert_eq!(route("/", "web-1", "10.244.0.2", "v2", "172.30.0.1").1, "HOSTNAME:web-1 IP:10.244.0.2 VERSION:v2 CLIENT:172.30.0.1\n");
+        assert_eq!(route("/readyz", "h", "i", "v", "c").0, 200);
+        route("/fail/readyz", "h", "i", "v", "c");
+        assert_eq!((route("/readyz", "h", "i", "v", "c").0, route("/healthz", "h", "i", "v", "c").0), (503, 200));
+        route("/recover", "h", "i", "v", "c");
         TERMINATING.store(true, Ordering::SeqCst);
-        assert_eq!(route("/readyz", "h", "i", "v").0, 503, "draining: not ready");
-        assert_eq!(route("/", "h", "i", "v").0, 200, "but still serving");
+        assert_eq!(route("/readyz", "h", "i", "v", "c").0, 503, "draining: not ready");
+        assert_eq!(route("/", "h", "i", "v", "c").0, 200, "but still serving");
     }
 }

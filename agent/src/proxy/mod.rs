@@ -10,6 +10,7 @@
 //! services that changed. Rules not named KUBE-* are never touched, and the rules stay
 //! in the kernel while the agent is down.
 
+pub mod healthcheck;
 pub mod iptables;
 pub mod nftables;
 
@@ -17,9 +18,9 @@ use crate::client::{ns_name, Change, Client};
 use iptables::Runner;
 use pkg::api::{EndpointSlice, Service};
 use pkg::proxy::nftables as nft;
-use pkg::proxy::{backends_from_slices, jumps, service_ports, Backend, Planner, ServicePort};
+use pkg::proxy::{backends_from_slices, health_checks, jumps, service_ports, unsupported, Backend, Planner, ServicePort};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -74,6 +75,8 @@ pub struct Proxier {
     runner: Runner,
     cluster_cidr: String,
     engine: Engine,
+    /// This node's name: which endpoints are local, for the `Local` traffic policies.
+    node_name: String,
     last_ports: BTreeMap<(String, String), ServicePort>,
     need_full: bool,
     pub stats: Arc<Mutex<Stats>>,
@@ -94,10 +97,22 @@ impl Proxier {
             runner,
             cluster_cidr: cluster_cidr.to_string(),
             engine,
+            node_name: String::new(),
             last_ports: BTreeMap::new(),
             need_full: true,
             stats: Default::default(),
         }
+    }
+
+    /// The proxier of the node `name` (endpoints whose `nodeName` is this are local).
+    pub fn on_node(mut self, name: &str) -> Proxier {
+        self.node_name = name.to_string();
+        self
+    }
+
+    /// The service ports the last successful sync programmed.
+    pub fn ports(&self) -> &BTreeMap<(String, String), ServicePort> {
+        &self.last_ports
     }
 
     /// Host settings kube-proxy needs: forwarding, and NodePorts on 127.0.0.1.
@@ -152,7 +167,7 @@ impl Proxier {
     }
 
     async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
-        let ports = service_ports(services.iter().copied(), backends);
+        let ports = service_ports(services.iter().copied(), backends, &self.node_name);
         let (runner, cidr) = (&self.runner, self.cluster_cidr.as_str());
         let Synced { rules, written, deleted, text } = match &mut self.engine {
             Engine::Iptables(planner) => sync_iptables(runner, cidr, planner, &ports, full).await?,
@@ -200,7 +215,11 @@ async fn sync_iptables(
     let mut existing = vec![];
     if full {
         runner.nft_delete_table().await; // left by the nftables mode, if it ran here
-        for (table, chains) in [("nat", ["KUBE-SERVICES", "KUBE-POSTROUTING"]), ("filter", ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"])] {
+                                         // Every chain a service chain may jump to exists before the first restore.
+        for (table, chains) in [
+            ("nat", &["KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-NODEPORTS"][..]),
+            ("filter", &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"][..]),
+        ] {
             for c in chains {
                 runner.ensure_chain(table, c).await?;
             }
@@ -211,7 +230,9 @@ async fn sync_iptables(
         existing = iptables::chains(&runner.save("nat").await?);
     }
     let plan = planner.plan(cidr, ports, full, &existing);
-    runner.restore(&plan.ruleset.text).await?;
+    for tx in &plan.transactions {
+        runner.restore(tx).await?;
+    }
     let out = Synced { rules: plan.ruleset.rules, written: plan.written, deleted: plan.deleted.len(), text: plan.ruleset.text.clone() };
     planner.applied(plan);
     Ok(out)
@@ -228,7 +249,7 @@ async fn sync_nftables(
     let mut existing = vec![];
     if full {
         runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
-        existing = runner.nft_chains().await;
+        existing = runner.nft_objects().await;
     }
     let plan = planner.plan(cidr, ports, full, &existing);
     for tx in &plan.transactions {
@@ -251,9 +272,41 @@ enum Msg {
     Slice(Change<EndpointSlice>),
 }
 
+/// What the proxy tells the world besides the rules: events about Services it will not
+/// program, and the health checks of `externalTrafficPolicy: Local` services.
+#[derive(Default)]
+pub struct Reporting {
+    pub events: Option<events::Recorder>,
+    pub health: healthcheck::HealthServers,
+    /// `(service uid, message)` already reported, so each is said once per agent run.
+    reported: HashSet<(String, String)>,
+}
+
+impl Reporting {
+    /// Events from `kube-proxy` on `node` through `client`.
+    pub fn with_events(client: kube::Client, node: &str) -> Reporting {
+        Reporting { events: Some(events::Recorder::start(client, "kube-proxy", node)), ..Default::default() }
+    }
+
+    /// After a sync: report ports left out (SCTP) and converge the health-check servers.
+    async fn after_sync(&mut self, services: &[&Service], ports: &BTreeMap<(String, String), ServicePort>) {
+        for (key, msg) in unsupported(services.iter().copied()) {
+            let Some(svc) = services.iter().find(|s| ns_name(**s) == key) else { continue };
+            let uid = svc.metadata.uid.clone().unwrap_or_default();
+            if self.reported.insert((uid, msg.clone())) {
+                tracing::warn!(service = %key, "{msg}");
+                if let Some(r) = &self.events {
+                    r.event(pkg::events::object_ref(*svc), true, "UnsupportedProtocol", &msg);
+                }
+            }
+        }
+        self.health.sync(&health_checks(ports, services)).await;
+    }
+}
+
 /// The proxy's loop: informers feed caches; each burst of changes becomes one sync; a
 /// failed sync is retried; every `resync` a full sync repairs anything changed behind our back.
-pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
+pub async fn run(client: Client, mut proxier: Proxier, resync: Duration, mut reporting: Reporting) {
     proxier.prepare_host().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     client.spawn_informer("/api/v1/services".into(), tx.clone(), Msg::Svc);
@@ -300,7 +353,10 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration) {
         let backends = backends_from_slices(slices.values());
         match proxier.sync(&svcs, &backends).await {
             // Stale nftables chains are deleted by the next sync: make it come (after 1 s).
-            Ok(()) => dirty = proxier.pending(),
+            Ok(()) => {
+                dirty = proxier.pending();
+                reporting.after_sync(&svcs, proxier.ports()).await;
+            }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
         }
     }

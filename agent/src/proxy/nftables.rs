@@ -13,10 +13,10 @@ impl Runner {
         self.pipe("nft", &["-f", "-"], text).await
     }
 
-    /// The chains of ownkube's table now (none if the table does not exist).
-    pub async fn nft_chains(&self) -> Vec<String> {
+    /// The chains and sets of ownkube's table now (none if the table does not exist).
+    pub async fn nft_objects(&self) -> Vec<String> {
         match self.output("nft", &["list", "table", "ip", "ownkube"]).await {
-            Ok(listing) => pkg::proxy::nftables::chains(&listing),
+            Ok(listing) => pkg::proxy::nftables::objects(&listing),
             Err(_) => vec![],
         }
     }

@@ -207,6 +207,9 @@ pub trait ServiceExt {
     fn wants_node_ports(&self) -> bool;
     /// Headless (`clusterIP: None`) and ExternalName services get no virtual IP.
     fn wants_cluster_ip(&self) -> bool;
+    /// A LoadBalancer service with `externalTrafficPolicy: Local` has a
+    /// `healthCheckNodePort` that load balancers probe on every node.
+    fn wants_health_check(&self) -> bool;
 }
 
 impl ServiceExt for Service {
@@ -227,6 +230,9 @@ impl ServiceExt for Service {
     }
     fn wants_cluster_ip(&self) -> bool {
         self.type_() != "ExternalName" && self.cluster_ip() != Some("None")
+    }
+    fn wants_health_check(&self) -> bool {
+        self.type_() == "LoadBalancer" && self.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local")
     }
 }
 

@@ -11,6 +11,19 @@
 //! when none is ready, those still serving while they terminate (KEP-1669), so that a
 //! service whose last pods are draining keeps answering instead of refusing.
 //!
+//! The policies a Service can ask for, and what each renderer makes of them:
+//! - `internalTrafficPolicy: Local` — traffic to the ClusterIP goes only to endpoints on
+//!   this node ([`ServicePort::local_endpoints`]); with none, it is dropped.
+//! - `externalTrafficPolicy: Local` — NodePort traffic from outside goes only to local
+//!   endpoints and is *not* masqueraded, so the pod sees the client's own address; a node
+//!   without local endpoints drops it (and says so on the service's `healthCheckNodePort`,
+//!   [`health_checks`], so a load balancer stops sending there). Traffic from pods and from
+//!   the node itself still goes cluster-wide, as in Kubernetes.
+//! - `sessionAffinity: ClientIP` — a client's connections stick to the endpoint it first
+//!   reached, for `timeoutSeconds` after its last one (iptables `-m recent`, nftables
+//!   dynamic sets with timeouts).
+//! - SCTP ports are refused ([`unsupported`]): no rules, and the agent says why in an event.
+//!
 //! Upstream: pkg/proxy (endpointslicecache.go, topology.go), pkg/proxy/iptables,
 //! pkg/proxy/nftables
 
@@ -19,13 +32,40 @@ pub mod nftables;
 
 pub use iptables::{jumps, render, render_service, Plan, Planner, Ruleset, ServiceChains, MASQ_MARK};
 
+/// What separates a sync's transactions (restores, `nft -f` inputs) where they are shown
+/// or saved as one text.
+pub const NEXT_TRANSACTION: &str = "# --- next transaction ---\n";
+
 use crate::api::{protocol as proto_of, EndpointSlice, Endpoints, Object, Service, ServiceExt};
 use crate::endpointslice::SERVICE_NAME_LABEL;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// `internalTrafficPolicy` / `externalTrafficPolicy`: which endpoints a kind of traffic may reach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TrafficPolicy {
+    /// Every endpoint in the cluster (traffic crossing nodes is masqueraded).
+    #[default]
+    Cluster,
+    /// Only the endpoints on this node.
+    Local,
+}
+
+impl TrafficPolicy {
+    fn parse(s: Option<&str>) -> TrafficPolicy {
+        if s == Some("Local") {
+            TrafficPolicy::Local
+        } else {
+            TrafficPolicy::Cluster
+        }
+    }
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
+pub const DEFAULT_AFFINITY_SECS: u32 = 10_800;
+
 /// One port of one service, with the endpoints that serve it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServicePort {
     /// `namespace/name:port` (the port's name, or its number when it has none).
     pub name: String,
@@ -36,6 +76,13 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// `(ip, port)` of each endpoint that gets traffic ([`pick`]), sorted.
     pub endpoints: Vec<(String, u16)>,
+    /// The same pick among the endpoints on this node; filled only when a policy is
+    /// `Local` (otherwise nothing reads it, and a pod moving would rewrite chains for nothing).
+    pub local_endpoints: Vec<(String, u16)>,
+    pub internal_policy: TrafficPolicy,
+    pub external_policy: TrafficPolicy,
+    /// `sessionAffinity: ClientIP`: seconds a client stays on its endpoint after its last packet.
+    pub affinity_secs: Option<u32>,
 }
 
 /// `base32(sha256(s))[..16]`, the hash kube-proxy puts in chain names.
@@ -55,6 +102,36 @@ impl ServicePort {
     pub fn service(&self) -> &str {
         self.name.split_once(':').map_or(&self.name, |(s, _)| s)
     }
+
+    /// Whether a policy sends some traffic to local endpoints only.
+    pub fn uses_local(&self) -> bool {
+        self.internal_policy == TrafficPolicy::Local || (self.node_port.is_some() && self.external_policy == TrafficPolicy::Local)
+    }
+
+    /// Every endpoint some chain of this port sends to: the cluster-wide pick and the
+    /// local one (a local pick may hold a terminating endpoint the cluster pick skips).
+    pub fn all_endpoints(&self) -> Vec<(String, u16)> {
+        let mut all: Vec<(String, u16)> = self.endpoints.iter().chain(&self.local_endpoints).cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Where ClusterIP traffic goes: the local pick under `internalTrafficPolicy: Local`.
+    pub fn internal_endpoints(&self) -> &[(String, u16)] {
+        match self.internal_policy {
+            TrafficPolicy::Local => &self.local_endpoints,
+            TrafficPolicy::Cluster => &self.endpoints,
+        }
+    }
+
+    /// Where NodePort traffic from outside goes: the local pick under `externalTrafficPolicy: Local`.
+    pub fn external_endpoints(&self) -> &[(String, u16)] {
+        match self.external_policy {
+            TrafficPolicy::Local => &self.local_endpoints,
+            TrafficPolicy::Cluster => &self.endpoints,
+        }
+    }
 }
 
 /// One address behind a service port, with the conditions that decide whether it gets
@@ -69,6 +146,8 @@ pub struct Backend {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// The node the endpoint runs on, when the EndpointSlice says.
+    pub node_name: Option<String>,
 }
 
 /// The backends of every service (`namespace/name`), from the EndpointSlices labelled
@@ -96,6 +175,7 @@ pub fn backends_from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSli
                     ready,
                     serving: c.serving.unwrap_or(ready),
                     terminating: c.terminating == Some(true),
+                    node_name: e.node_name.clone(),
                 });
             }
         }
@@ -121,6 +201,7 @@ pub fn backends_from_endpoints<'a>(endpoints: impl IntoIterator<Item = &'a Endpo
                         ready: true,
                         serving: true,
                         terminating: false,
+                        node_name: a.node_name.clone(),
                     });
                 }
             }
@@ -140,32 +221,106 @@ pub fn pick(backends: &[&Backend]) -> Vec<(String, u16)> {
     list
 }
 
+/// What a Service asks of the proxy beyond its ports: its two traffic policies and
+/// ClientIP affinity (with its timeout).
+fn policies(svc: &Service) -> (TrafficPolicy, TrafficPolicy, Option<u32>) {
+    let spec = svc.spec.as_ref();
+    let internal = TrafficPolicy::parse(spec.and_then(|s| s.internal_traffic_policy.as_deref()));
+    let external = TrafficPolicy::parse(spec.and_then(|s| s.external_traffic_policy.as_deref()));
+    let affinity = (spec.and_then(|s| s.session_affinity.as_deref()) == Some("ClientIP")).then(|| {
+        let cfg = spec.and_then(|s| s.session_affinity_config.as_ref()).and_then(|c| c.client_ip.as_ref());
+        cfg.and_then(|c| c.timeout_seconds).and_then(|t| u32::try_from(t).ok()).filter(|t| *t > 0).unwrap_or(DEFAULT_AFFINITY_SECS)
+    });
+    (internal, external, affinity)
+}
+
+/// Services with a virtual IP to proxy (not headless, not ExternalName), as
+/// `(namespace/name, service, clusterIP)`.
+fn proxied<'a>(services: impl IntoIterator<Item = &'a Service>) -> impl Iterator<Item = (String, &'a Service, String)> {
+    services.into_iter().filter(|svc| svc.type_() != "ExternalName").filter_map(|svc| {
+        let ip = svc.cluster_ip().filter(|ip| *ip != "None")?.to_string();
+        Some((format!("{}/{}", svc.namespace().unwrap_or("default"), svc.name()), svc, ip))
+    })
+}
+
 /// Flatten services and their backends into service ports, keyed by name and protocol.
-/// Each service port takes the backends whose port has its name (unnamed: `""`) and protocol.
+/// Each service port takes the backends whose port has its name (unnamed: `""`) and
+/// protocol; `node` (this node's name) decides which endpoints are local. SCTP ports are
+/// left out ([`unsupported`]).
 pub fn service_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     backends: &BTreeMap<String, Vec<Backend>>,
+    node: &str,
 ) -> BTreeMap<(String, String), ServicePort> {
     let mut out = BTreeMap::new();
-    for svc in services {
-        let ns = svc.namespace().unwrap_or("default");
-        let key = format!("{ns}/{}", svc.name());
-        let cluster_ip = svc.cluster_ip().filter(|ip| *ip != "None").map(String::from);
-        if cluster_ip.is_none() || svc.type_() == "ExternalName" {
-            continue; // headless and ExternalName services have no virtual IP to proxy
-        }
+    for (key, svc, cluster_ip) in proxied(services) {
+        let (internal_policy, external_policy, affinity_secs) = policies(svc);
         let all = backends.get(&key).map(Vec::as_slice).unwrap_or_default();
         for sp in svc.ports() {
             let port_name = sp.name.clone().unwrap_or_default();
             let protocol = proto_of(&sp.protocol).to_lowercase();
+            if protocol == "sctp" {
+                continue;
+            }
             let mine: Vec<&Backend> = all.iter().filter(|b| b.port_name == port_name && b.protocol == protocol).collect();
             let name = format!("{key}:{}", if port_name.is_empty() { sp.port.to_string() } else { port_name.clone() });
             let node_port = sp.node_port.and_then(|n| u16::try_from(n).ok()).filter(|_| svc.wants_node_ports());
-            out.insert(
-                (name.clone(), protocol.clone()),
-                ServicePort { name, protocol, cluster_ip: cluster_ip.clone(), port: sp.port as u16, node_port, endpoints: pick(&mine) },
-            );
+            let mut port = ServicePort {
+                name,
+                protocol,
+                cluster_ip: Some(cluster_ip.clone()),
+                port: sp.port as u16,
+                node_port,
+                endpoints: pick(&mine),
+                local_endpoints: vec![],
+                internal_policy,
+                external_policy,
+                affinity_secs,
+            };
+            if port.uses_local() {
+                let local: Vec<&Backend> = mine.iter().copied().filter(|b| b.node_name.as_deref() == Some(node)).collect();
+                port.local_endpoints = pick(&local);
+            }
+            out.insert((port.name.clone(), port.protocol.clone()), port);
         }
+    }
+    out
+}
+
+/// Ports the proxy will not program, as `(namespace/name, message)`: SCTP, which
+/// ownkube's proxy does not support (the lab's nodes load no SCTP conntrack helper, and
+/// neither renderer writes SCTP rules). The agent reports each in an event on the Service.
+pub fn unsupported<'a>(services: impl IntoIterator<Item = &'a Service>) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for (key, svc, _) in proxied(services) {
+        for sp in svc.ports().iter().filter(|p| proto_of(&p.protocol) == "SCTP") {
+            let msg = format!("port {}/SCTP is not proxied: ownkube's proxy supports TCP and UDP only", sp.port);
+            out.push((key.clone(), msg));
+        }
+    }
+    out
+}
+
+/// What the health check of a service with `externalTrafficPolicy: Local` answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `namespace/name`.
+    pub service: String,
+    /// Ready endpoints of the service on this node.
+    pub local_endpoints: usize,
+}
+
+/// The `healthCheckNodePort`s this node must answer (LoadBalancer services with
+/// `externalTrafficPolicy: Local`): 200 while the service has endpoints here, 503 when it
+/// has none, so a load balancer sends only to nodes that can serve without a second hop.
+pub fn health_checks(ports: &BTreeMap<(String, String), ServicePort>, services: &[&Service]) -> BTreeMap<u16, HealthCheck> {
+    let mut out = BTreeMap::new();
+    for (key, svc, _) in proxied(services.iter().copied()) {
+        let Some(hc) = svc.spec.as_ref().and_then(|s| s.health_check_node_port).and_then(|p| u16::try_from(p).ok()) else { continue };
+        let mut local: Vec<&(String, u16)> = ports.values().filter(|p| p.service() == key).flat_map(|p| &p.local_endpoints).collect();
+        local.sort();
+        local.dedup_by_key(|e| &e.0);
+        out.insert(hc, HealthCheck { service: key, local_endpoints: local.len() });
     }
     out
 }
@@ -187,7 +342,7 @@ mod tests {
         let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
         .unwrap();
-        let ips = |s: &EndpointSlice| service_ports([&svc], &backends_from_slices([s])).into_values().next().unwrap().endpoints;
+        let ips = |s: &EndpointSlice| service_ports([&svc], &backends_from_slices([s]), "node1").into_values().next().unwrap().endpoints;
         // A rollout: one new pod ready, one old pod draining: only the ready one.
         let s = slice(serde_json::json!([ep("10.244.0.2", true, true, false), ep("10.244.0.3", false, true, true)]));
         assert_eq!(ips(&s), [("10.244.0.2".to_string(), 8080)]);

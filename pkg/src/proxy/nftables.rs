@@ -42,17 +42,25 @@ pub const TABLE: &str = "ip ownkube";
 /// Service ports per transaction in a full sync.
 pub const CHUNK: usize = 1000;
 
-/// What separates a sync's transactions where they are shown or saved as one text.
-pub const NEXT_TRANSACTION: &str = "# --- next transaction ---\n";
+pub use super::NEXT_TRANSACTION;
 
 /// One element of one of the four verdict maps: `(map, key, verdict)`.
 pub type Element = (&'static str, String, String);
 
-/// What one service port contributes: its chains (name, rules) and its map elements.
+/// What one service port contributes: its chains (name, rules), its affinity sets
+/// (name, definition) and its map elements.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rendered {
     pub chains: Vec<(String, Vec<String>)>,
+    pub sets: Vec<(String, String)>,
     pub elements: Vec<Element>,
+}
+
+impl Rendered {
+    /// The names of everything it owns in the table: chains and sets.
+    fn objects(&self) -> BTreeSet<String> {
+        self.chains.iter().map(|(n, _)| n.clone()).chain(self.sets.iter().map(|(n, _)| n.clone())).collect()
+    }
 }
 
 /// `ns/svc/tcp/port` for chain names (nft names may hold `/`, `.`, `-`, `_`, not `:`).
@@ -61,63 +69,157 @@ fn base(sp: &ServicePort) -> String {
     format!("{}-{svc}/{}/{port}", &hash16(&format!("{}{}", sp.name, sp.protocol))[..8], sp.protocol)
 }
 
+/// The cluster-policy chain: every endpoint.
 pub fn service_chain(sp: &ServicePort) -> String {
     format!("service-{}", base(sp))
+}
+
+/// The local-policy chain: this node's endpoints only.
+pub fn local_chain(sp: &ServicePort) -> String {
+    format!("local-{}", base(sp))
 }
 
 pub fn external_chain(sp: &ServicePort) -> String {
     format!("external-{}", base(sp))
 }
 
-pub fn endpoint_chain(sp: &ServicePort, ip: &str, port: u16) -> String {
+fn endpoint_name(prefix: &str, sp: &ServicePort, ip: &str, port: u16, salt: &str) -> String {
     let (svc, sport) = sp.name.split_once(':').unwrap_or((&sp.name, ""));
-    let h = &hash16(&format!("{}{}{ip}:{port}", sp.name, sp.protocol))[..8];
-    format!("endpoint-{h}-{svc}/{}/{sport}__{ip}/{port}", sp.protocol)
+    let h = &hash16(&format!("{}{}{ip}:{port}{salt}", sp.name, sp.protocol))[..8];
+    format!("{prefix}-{h}-{svc}/{}/{sport}__{ip}/{port}", sp.protocol)
+}
+
+pub fn endpoint_chain(sp: &ServicePort, ip: &str, port: u16) -> String {
+    endpoint_name("endpoint", sp, ip, port, "")
+}
+
+/// The set of clients that last went to this endpoint (`sessionAffinity: ClientIP`).
+/// Its timeout is part of the name's hash: a new timeout makes a new set.
+pub fn affinity_set(sp: &ServicePort, ip: &str, port: u16) -> String {
+    endpoint_name("affinity", sp, ip, port, &sp.affinity_secs.unwrap_or(0).to_string())
 }
 
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "'"))
 }
 
-/// The chains and map elements of one service port.
-pub fn render_service(sp: &ServicePort, cluster_cidr: &str) -> Rendered {
-    let mut out = Rendered::default();
-    let p = &sp.protocol;
-    if sp.endpoints.is_empty() {
-        // No endpoint to send to: the filter hooks reject, so clients fail at once.
-        if let Some(ip) = &sp.cluster_ip {
-            out.elements.push(("no-endpoint-services", format!("{ip} . {p} . {}", sp.port), "goto reject-chain".into()));
+/// One endpoint-choosing rule list (service or local chain): with affinity, a client seen
+/// recently goes back to its endpoint; the others are spread by a random number.
+fn balance(sp: &ServicePort, endpoints: &[(String, u16)], rules: &mut Vec<String>) {
+    if sp.affinity_secs.is_some() {
+        for (ip, port) in endpoints {
+            rules.push(format!("ip saddr @{} goto {}", affinity_set(sp, ip, *port), endpoint_chain(sp, ip, *port)));
         }
-        if let Some(np) = sp.node_port {
-            out.elements.push(("no-endpoint-nodeports", format!("{p} . {np}"), "goto reject-chain".into()));
-        }
-        return out;
-    }
-    let svc = service_chain(sp);
-    let mut rules = vec![];
-    if let Some(ip) = &sp.cluster_ip {
-        rules.push(format!("ip daddr {ip} {p} dport {} ip saddr != {cluster_cidr} jump mark-for-masquerade", sp.port));
-        out.elements.push(("service-ips", format!("{ip} . {p} . {}", sp.port), format!("goto {svc}")));
-    }
-    // Chains in the order they may be written: each after the ones it jumps to.
-    for (ip, port) in &sp.endpoints {
-        out.chains.push((
-            endpoint_chain(sp, ip, *port),
-            vec![
-                // A pod reaching itself through the service must be SNATed, or it answers itself directly.
-                format!("ip saddr {ip} jump mark-for-masquerade"),
-                format!("meta l4proto {p} dnat to {ip}:{port} comment {}", quote(&format!("{} -> {ip}:{port}", sp.name))),
-            ],
-        ));
     }
     let targets: Vec<String> =
-        sp.endpoints.iter().enumerate().map(|(i, (ip, port))| format!("{i} : goto {}", endpoint_chain(sp, ip, *port))).collect();
-    rules.push(format!("numgen random mod {} vmap {{ {} }} comment {}", sp.endpoints.len(), targets.join(", "), quote(&sp.name)));
-    out.chains.push((svc.clone(), rules));
+        endpoints.iter().enumerate().map(|(i, (ip, port))| format!("{i} : goto {}", endpoint_chain(sp, ip, *port))).collect();
+    rules.push(format!("numgen random mod {} vmap {{ {} }} comment {}", endpoints.len(), targets.join(", "), quote(&sp.name)));
+}
+
+/// The chain of one endpoint: mark hairpin traffic, remember the client for affinity, DNAT.
+fn endpoint(sp: &ServicePort, ip: &str, port: u16, out: &mut Rendered) {
+    let mut rules = vec![
+        // A pod reaching itself through the service must be SNATed, or it answers itself directly.
+        format!("ip saddr {ip} jump mark-for-masquerade"),
+    ];
+    if let Some(secs) = sp.affinity_secs {
+        let set = affinity_set(sp, ip, port);
+        out.sets.push((set.clone(), format!("{{ type ipv4_addr ; flags dynamic,timeout ; timeout {secs}s ; }}")));
+        rules.push(format!("update @{set} {{ ip saddr }}"));
+    }
+    let p = &sp.protocol;
+    rules.push(format!("meta l4proto {p} dnat to {ip}:{port} comment {}", quote(&format!("{} -> {ip}:{port}", sp.name))));
+    out.chains.push((endpoint_chain(sp, ip, port), rules));
+}
+
+/// The external chain: under `externalTrafficPolicy: Cluster`, masquerade and go to the
+/// service chain; under `Local`, traffic from pods and from the node itself goes
+/// cluster-wide (the node's masqueraded), traffic from outside to local endpoints with
+/// its source kept.
+fn external(sp: &ServicePort, cluster_cidr: &str, local_used: bool) -> Vec<String> {
+    let svc = service_chain(sp);
+    if sp.external_policy == super::TrafficPolicy::Cluster {
+        return vec!["jump mark-for-masquerade".into(), format!("goto {svc}")];
+    }
+    let mut rules = vec![];
+    if !sp.endpoints.is_empty() {
+        rules.push(format!("ip saddr {cluster_cidr} goto {svc} comment \"pod traffic for {} external destinations\"", sp.name));
+        rules.push("fib saddr type local jump mark-for-masquerade".into());
+        rules.push(format!("fib saddr type local goto {svc} comment \"route LOCAL traffic for {} external destinations\"", sp.name));
+    }
+    if local_used {
+        rules.push(format!("goto {}", local_chain(sp)));
+    }
+    rules
+}
+
+/// The chains, sets and map elements of one service port.
+pub fn render_service(sp: &ServicePort, cluster_cidr: &str) -> Rendered {
+    use super::TrafficPolicy::Cluster;
+    let mut out = Rendered::default();
+    let none = sp.endpoints.is_empty();
+    let svc_used = !none && (sp.internal_policy == Cluster || sp.node_port.is_some());
+    let local_used = sp.uses_local() && !sp.local_endpoints.is_empty();
+    let mut used = vec![];
+    if svc_used {
+        used.extend(sp.endpoints.iter().cloned());
+    }
+    if local_used {
+        used.extend(sp.local_endpoints.iter().cloned());
+    }
+    used.sort();
+    used.dedup();
+    // Chains in the order they may be written: each after the ones it jumps to.
+    for (ip, port) in &used {
+        endpoint(sp, ip, *port, &mut out);
+    }
+    if svc_used {
+        let mut rules = vec![];
+        if let Some(ip) = &sp.cluster_ip {
+            let p = &sp.protocol;
+            rules.push(format!("ip daddr {ip} {p} dport {} ip saddr != {cluster_cidr} jump mark-for-masquerade", sp.port));
+        }
+        balance(sp, &sp.endpoints, &mut rules);
+        out.chains.push((service_chain(sp), rules));
+    }
+    if local_used {
+        let mut rules = vec![];
+        balance(sp, &sp.local_endpoints, &mut rules);
+        out.chains.push((local_chain(sp), rules));
+    }
+    if sp.node_port.is_some() && !none && (svc_used || local_used) {
+        out.chains.push((external_chain(sp), external(sp, cluster_cidr, local_used)));
+    }
+    out.elements = elements(sp, svc_used, local_used);
+    out
+}
+
+/// A service port's map elements: where its ClusterIP and NodePort dispatch to, or, in
+/// the filter maps, a reject when it has no endpoint at all and a drop when a `Local`
+/// policy finds none on this node (as kube-proxy does).
+fn elements(sp: &ServicePort, svc_used: bool, local_used: bool) -> Vec<Element> {
+    use super::TrafficPolicy::{Cluster, Local};
+    let (p, none) = (&sp.protocol, sp.endpoints.is_empty());
+    let mut out = vec![];
+    if let Some(ip) = &sp.cluster_ip {
+        let key = format!("{ip} . {p} . {}", sp.port);
+        match sp.internal_policy {
+            Cluster if svc_used => out.push(("service-ips", key, format!("goto {}", service_chain(sp)))),
+            Local if local_used => out.push(("service-ips", key, format!("goto {}", local_chain(sp)))),
+            _ if none => out.push(("no-endpoint-services", key, "goto reject-chain".into())),
+            _ => out.push(("no-endpoint-services", key, "drop".into())),
+        }
+    }
     if let Some(np) = sp.node_port {
-        let ext = external_chain(sp);
-        out.chains.push((ext.clone(), vec!["jump mark-for-masquerade".into(), format!("goto {svc}")]));
-        out.elements.push(("service-nodeports", format!("{p} . {np}"), format!("goto {ext}")));
+        let key = format!("{p} . {np}");
+        if none {
+            out.push(("no-endpoint-nodeports", key, "goto reject-chain".into()));
+        } else {
+            out.push(("service-nodeports", key.clone(), format!("goto {}", external_chain(sp))));
+            if sp.external_policy == Local && !local_used {
+                out.push(("no-endpoint-nodeports", key, "drop".into()));
+            }
+        }
     }
     out
 }
@@ -198,15 +300,35 @@ fn element(out: &mut String, verb: &str, (map, key, verdict): &Element) {
     .expect("writing to a String");
 }
 
-/// The service-port chains of this table (what a full sync may find stale): their names
-/// hold the service's `ns/name`, which no fixed chain's does.
-pub fn is_ours(chain: &str) -> bool {
-    ["service-", "external-", "endpoint-"].iter().any(|p| chain.starts_with(p)) && chain.contains('/')
+/// An affinity set, created once and never flushed while in use (that would forget
+/// which client goes where).
+fn write_set(out: &mut String, name: &str, definition: &str) {
+    let _ = writeln!(out, "add set {TABLE} {name} {definition}");
 }
 
-/// Chain names in `nft list table ip ownkube` output.
-pub fn chains(listing: &str) -> Vec<String> {
-    listing.lines().filter_map(|l| l.trim().strip_prefix("chain ")).filter_map(|l| l.split(' ').next()).map(String::from).collect()
+/// The service-port chains and sets of this table (what a full sync may find stale):
+/// their names hold the service's `ns/name`, which no fixed chain's does.
+pub fn is_ours(name: &str) -> bool {
+    ["service-", "local-", "external-", "endpoint-", "affinity-"].iter().any(|p| name.starts_with(p)) && name.contains('/')
+}
+
+/// `chain` or `set`: what kind of object one of ours is, from its name.
+fn kind(name: &str) -> &'static str {
+    if name.starts_with("affinity-") {
+        "set"
+    } else {
+        "chain"
+    }
+}
+
+/// Chain and set names in `nft list table ip ownkube` output.
+pub fn objects(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("chain ").or_else(|| l.trim().strip_prefix("set ")))
+        .filter_map(|l| l.split(' ').next())
+        .map(String::from)
+        .collect()
 }
 
 /// A service port's key: `(namespace/name:port, protocol)`.
@@ -266,7 +388,7 @@ impl Planner {
             })
             .collect();
         let removed: Vec<&Key> = self.applied.keys().filter(|k| !ports.contains_key(*k)).collect();
-        let chains_of = |r: &Rendered| r.chains.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<String>>();
+        let chains_of = |r: &Rendered| r.objects();
         let (mut stale, wanted): (BTreeSet<String>, BTreeSet<String>) = if full {
             let wanted: BTreeSet<String> = next.values().flat_map(|(_, r)| chains_of(r)).collect();
             (existing.iter().filter(|c| is_ours(c) && !wanted.contains(*c)).cloned().collect(), wanted)
@@ -284,10 +406,10 @@ impl Planner {
         let mut plan = Plan { transactions, rules, written, flushed: stale.into_iter().collect(), deleted, next };
         let last = plan.transactions.last_mut().expect("a sync has a transaction");
         for c in &plan.flushed {
-            let _ = writeln!(last, "flush chain {TABLE} {c}");
+            let _ = writeln!(last, "flush {} {TABLE} {c}", kind(c));
         }
         for c in &plan.deleted {
-            let _ = writeln!(last, "delete chain {TABLE} {c}");
+            let _ = writeln!(last, "delete {} {TABLE} {c}", kind(c));
         }
         plan
     }
@@ -304,6 +426,9 @@ impl Planner {
             }
             let tx = txs.last_mut().unwrap();
             for r in chunk {
+                for (name, definition) in &r.sets {
+                    write_set(tx, name, definition);
+                }
                 for (name, body) in &r.chains {
                     rules += write_chain(tx, name, body);
                 }
@@ -335,6 +460,9 @@ impl Planner {
             let new = &next[*k].1;
             let before: BTreeSet<(String, Vec<String>)> = old(k).map(|o| o.chains.iter().cloned().collect()).unwrap_or_default();
             let mut wrote = false;
+            for (name, definition) in &new.sets {
+                write_set(&mut tx, name, definition);
+            }
             for c in new.chains.iter().filter(|c| !before.contains(*c)) {
                 rules += write_chain(&mut tx, &c.0, &c.1);
                 wrote = true;
@@ -377,6 +505,7 @@ mod tests {
             port: 80,
             node_port,
             endpoints: endpoints.iter().map(|(i, p)| (i.to_string(), *p)).collect(),
+            ..Default::default()
         }
     }
 
