@@ -1,8 +1,9 @@
 #!/bin/sh
 # A lab node: what kind's node entrypoint does, reduced. Enter a cgroup namespace of our
 # own, make /sys and the cgroup hierarchies writable (nested runc must create cgroups),
-# start containerd, wait for its socket, then keep the agent running (restarted if it
-# exits or is killed, so `pkill agent` shows that restarting the kubelet is harmless).
+# start containerd (and keep it running), wait for its socket, then keep the agent running
+# (restarted if it exits or is killed, so `pkill agent` shows that restarting the kubelet
+# is harmless).
 set -eu
 if [ -z "${OWNKUBE_IN_CGROUPNS:-}" ]; then
   export OWNKUBE_IN_CGROUPNS=1
@@ -21,7 +22,13 @@ mkdir -p /var/run/netns /var/lib/ownkube /var/log/ownkube
 sysctl -q -w net.ipv4.ip_forward=1 net.ipv4.conf.all.route_localnet=1 || true
 sysctl -q -w net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
-containerd >/var/log/ownkube/containerd.log 2>&1 &
+# containerd, restarted if it exits or is killed (its containers run on under their shims:
+# restarting it stops no pod, which scripts/chaos checks).
+( while true; do
+    containerd >>/var/log/ownkube/containerd.log 2>&1 || true
+    echo "$(date -Is) containerd exited; starting it again" >>/var/log/ownkube/containerd.log
+    sleep 1
+  done ) &
 i=0
 until [ -S /run/containerd/containerd.sock ]; do
   i=$((i + 1)); [ $i -gt 300 ] && { echo "containerd did not start" >&2; cat /var/log/ownkube/containerd.log >&2; exit 1; }

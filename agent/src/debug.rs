@@ -19,11 +19,18 @@ pub struct DebugState {
 /// The agent's port: health and debug pages, and (on a node that runs pods) the logs,
 /// exec, attach and port-forward endpoints of [`crate::streaming`].
 pub fn router(state: DebugState, streaming: Option<crate::streaming::Streaming>) -> Router {
+    router_with(state, streaming, crate::auth::Token::default())
+}
+
+/// [`router`], answering only requests that [`crate::auth::Token`] lets through. Serve it
+/// with `into_make_service_with_connect_info::<SocketAddr>()` so it knows who asks.
+pub fn router_with(state: DebugState, streaming: Option<crate::streaming::Streaming>, token: crate::auth::Token) -> Router {
     let r = Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy)).with_state(state);
-    match streaming {
+    let r = match streaming {
         Some(s) => r.merge(crate::streaming::router(s)),
         None => r,
-    }
+    };
+    r.layer(axum::middleware::from_fn_with_state(token, crate::auth::require))
 }
 
 /// JSON statistics; `?format=text` gives only the ruleset, as `iptables-restore` reads it.

@@ -12,11 +12,15 @@
 //!   mode (one `ip ownkube` table with verdict maps), from EndpointSlices;
 //! - [`exec`]: running a command in a container (`kubectl exec`) through containerd;
 //! - [`streaming`]: the node API the apiserver reaches: logs, exec, attach, port-forward;
-//! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, and the node API).
+//! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, and the node API);
+//! - [`auth`]: only the apiserver (its token) or the node itself may use that port;
+//! - [`firewall`]: what pods may not reach (etcd, the agents' port).
 
+pub mod auth;
 pub mod client;
 pub mod debug;
 pub mod exec;
+pub mod firewall;
 pub mod kubelet;
 pub mod network;
 pub mod proxy;

@@ -49,6 +49,14 @@ struct Flags {
     /// NAME=URL: fetch images named NAME/... from URL (repeatable), e.g. localhost:5000=http://registry:5000.
     #[arg(long)]
     registry_mirror: Vec<String>,
+    /// A file holding the token the apiserver must present on the agent's port (its
+    /// `--kubelet-token-file`); without it the port answers anyone.
+    #[arg(long, env = "OWNKUBE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// ADDRESS[/PREFIX]:PORT pods may not reach, e.g. etcd's 172.30.0.2:2379 or every
+    /// agent's 0.0.0.0/0:10250 (repeatable).
+    #[arg(long, env = "OWNKUBE_DENY_POD_ACCESS", value_delimiter = ',')]
+    deny_pod_access: Vec<agent::firewall::Deny>,
 }
 
 /// The source address the kernel would use for the default route. A UDP "connect" sends
@@ -88,8 +96,23 @@ async fn main() -> anyhow::Result<()> {
         state_dir: flags.state_dir.clone(),
         logs_dir: flags.pod_logs_dir.clone(),
     };
+    let token = match &flags.auth_token_file {
+        Some(f) => agent::auth::Token::from_file(f)?,
+        None => agent::auth::Token::default(),
+    };
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
-    tokio::spawn(async move { axum::serve(listener, agent::debug::router(state, Some(streaming))).await });
+    let app = agent::debug::router_with(state, Some(streaming), token);
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await });
+    // The pod firewall, repaired every minute (someone may flush the filter table).
+    let (cidr, deny) = (flags.cluster_cidr.clone(), flags.deny_pod_access.clone());
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = agent::firewall::apply(&Runner::default(), &cidr, &deny).await {
+                tracing::error!(error = %e, "could not write the pod firewall");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
     let cfg = kubelet::Config {
         node_name: flags.node_name.clone(),
         node_ip,

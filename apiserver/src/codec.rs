@@ -94,7 +94,10 @@ pub fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiErro
     }
     match ty {
         BodyType::Json => {
-            let v = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("unable to decode JSON body: {e}")))?;
+            if too_deep(body, b"\"") {
+                return Err(nested_too_deeply());
+            }
+            let v = serde_json::from_slice(body).map_err(|e| decode_error("JSON", e))?;
             Ok(vec![v])
         }
         BodyType::Yaml => parse_yaml(body),
@@ -107,11 +110,59 @@ pub fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiErro
     }
 }
 
+/// How deeply a body may nest. serde_json and serde_yaml stop at 128 levels, but the
+/// YAML parser underneath takes time quadratic in the depth of `[`/`{` before that
+/// (100,000 of them: 16 s of a request thread), so such bodies are refused unread.
+pub const MAX_DEPTH: usize = 128;
+
+fn nested_too_deeply() -> ApiError {
+    ApiError::bad_request(format!("the request body is nested too deeply (more than {MAX_DEPTH} levels)"))
+}
+
+/// Whether `[`/`{` nest more than [`MAX_DEPTH`] deep outside quoted strings (`quotes`:
+/// the characters that open one; a YAML `'` only after a separator, since `it's` is plain).
+fn too_deep(body: &[u8], quotes: &[u8]) -> bool {
+    let (mut depth, mut quote, mut escaped, mut prev) = (0usize, None::<u8>, false, b' ');
+    for &b in body {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' && q == b'"' {
+                escaped = true;
+            } else if b == q {
+                quote = None;
+            }
+        } else if quotes.contains(&b) && (b == b'"' || b" \t\n:[{,".contains(&prev)) {
+            quote = Some(b);
+        } else if b == b'[' || b == b'{' {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return true;
+            }
+        } else if b == b']' || b == b'}' {
+            depth = depth.saturating_sub(1);
+        }
+        prev = b;
+    }
+    false
+}
+
+/// A decoding error, told plainly when it is the decoders' own depth limit.
+fn decode_error(what: &str, e: impl std::fmt::Display) -> ApiError {
+    let e = e.to_string();
+    if e.contains("recursion limit") {
+        return nested_too_deeply();
+    }
+    ApiError::bad_request(format!("unable to decode {what} body: {e}"))
+}
+
 pub fn parse_yaml(body: &[u8]) -> Result<Vec<Value>, ApiError> {
+    if too_deep(body, b"\"'") {
+        return Err(nested_too_deeply());
+    }
     let mut docs = vec![];
     for doc in serde_yaml::Deserializer::from_slice(body) {
-        let v: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| ApiError::bad_request(format!("unable to decode YAML body: {e}")))?;
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| decode_error("YAML", e))?;
         if !v.is_null() {
             docs.push(v);
         }

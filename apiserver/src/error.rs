@@ -75,6 +75,10 @@ impl From<etcd_client::Error> for ApiError {
         use etcd_client::Error as E;
         match &e {
             E::GRpcStatus(s) if s.message().contains("compacted") => ApiError::gone(format!("too old resource version: {}", s.message())),
+            // etcd refuses requests over its limit (1.5 MiB by default): the object is too big.
+            E::GRpcStatus(s) if s.message().contains("request is too large") || s.code() == tonic::Code::ResourceExhausted => {
+                ApiError::new(413, "RequestEntityTooLarge", format!("Request entity too large: etcd refused it ({})", s.message()))
+            }
             E::GRpcStatus(s) if s.message().contains("future revision") => {
                 ApiError::new(504, "Timeout", format!("Too large resource version: {}", s.message()))
             }

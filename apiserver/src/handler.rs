@@ -71,6 +71,10 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         return Err(ApiError::new(405, "MethodNotAllowed", format!("{} must be addressed inside a namespace", T::RESOURCE)));
     }
     let watching = r.params.get("watch").is_some_and(|v| v == "true" || v == "1");
+    // A list option a list ignores must still be well formed (it bounds a watch).
+    if let Some(t) = r.params.get("timeoutSeconds").filter(|t| t.parse::<u64>().is_err()) {
+        return Err(ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}: must be a non-negative integer")));
+    }
     match (method.clone(), r.name, r.sub) {
         (Method::GET, None, None) if watching => watch::watch::<T>(api, r.ns, r.params, selectors::<T>(r.params)?, r.out).await,
         (Method::GET, None, None) => list::<T>(api, &r).await,
@@ -237,6 +241,12 @@ pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOp
         }
         docs.remove(0)
     };
+    // Every field of the right type, or nothing is deleted.
+    if !opts.is_null() {
+        if let Err(e) = serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>(opts.clone()) {
+            return Err(ApiError::bad_request(format!("the DELETE body is not a valid DeleteOptions: {e}")));
+        }
+    }
     let grace = match p.get("gracePeriodSeconds") {
         Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?),
         None => opts.get("gracePeriodSeconds").and_then(Value::as_i64),
@@ -274,8 +284,18 @@ async fn delete<T: Strategy + Printable>(api: &Api, name: &str, r: &Req<'_>) -> 
     if T::KIND == "Namespace" && crate::BUILTIN_NAMESPACES.contains(&name) {
         return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" is forbidden: this namespace may not be deleted")));
     }
-    if T::KIND == "Namespace" && !o.dry_run {
-        crate::controllers::namespace::empty(api, name).await?;
+    if T::KIND == "Namespace" {
+        // Marked Terminating; the namespace controller empties and removes it.
+        let marked = api.delete_opts::<T>(r.ns, name, &DeleteOpts { grace: None, ..o.clone() }).await?;
+        if !o.dry_run {
+            let (api, name) = (api.clone(), name.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = crate::controllers::namespace::finish(&api, &name).await {
+                    tracing::info!(namespace = %name, error = %e.message(), "namespace not gone yet; retried");
+                }
+            });
+        }
+        return Ok(codec::respond_obj(StatusCode::OK, r.out, &marked));
     }
     let gone = api.delete_opts::<T>(r.ns, name, &o).await?;
     Ok(codec::respond_obj(StatusCode::OK, r.out, &gone))

@@ -77,6 +77,9 @@ pub struct Config {
     /// talking to this server over HTTP; `false` to run `controller-manager` apart.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub controllers: bool,
+    /// A file holding the token this server presents to the agents (their `--auth-token-file`).
+    #[arg(long)]
+    pub kubelet_token_file: Option<std::path::PathBuf>,
 }
 
 /// `500ms`, `5s`, `2m`.
@@ -111,28 +114,32 @@ pub struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Create the namespaces every cluster has (an existing one is fine); false while etcd
+/// does not answer.
+async fn builtin_namespaces(api: &objects::Api) -> bool {
+    for ns in BUILTIN_NAMESPACES {
+        let obj = Namespace { metadata: pkg::api::meta(None, ns), ..Default::default() };
+        match api.create(None, obj).await {
+            Ok(_) => {}
+            Err(e) if e.code() == 409 => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 impl Server {
     /// Connect to etcd, create the built-in namespaces, start the controllers and serve.
     pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         cfg.validate()?;
+        if let Some(f) = &cfg.kubelet_token_file {
+            let token = std::fs::read_to_string(f)?.trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "{} holds no token", f.display());
+            streams::set_kubelet_token(token);
+        }
         let store = storage::Store::connect(&cfg.etcd_servers, cfg.etcd_timeout).await?;
         let api = objects::Api { store, cfg: Arc::new(cfg.clone()) };
-        // The namespaces every cluster has. Retry until etcd answers.
-        for ns in BUILTIN_NAMESPACES {
-            loop {
-                let obj = Namespace { metadata: pkg::api::meta(None, ns), ..Default::default() };
-                match api.create(None, obj).await {
-                    Ok(_) => break,
-                    Err(e) if e.code() == 409 => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e.message(), "waiting for etcd");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-        controllers::nodelifecycle::spawn(api.clone(), cfg.node_monitor_grace_period);
-        controllers::serviceaccount::spawn(api.clone());
+        // Serve at once, etcd or not: while it is away every request answers 503.
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let app = routes::router(api.clone());
@@ -141,6 +148,19 @@ impl Server {
                 tracing::error!(error = %e, "server stopped");
             }
         });
+        // The namespaces every cluster has: now if etcd answers, else as soon as it does.
+        if !builtin_namespaces(&api).await {
+            let api = api.clone();
+            tokio::spawn(async move {
+                while !builtin_namespaces(&api).await {
+                    tracing::warn!("waiting for etcd");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        controllers::nodelifecycle::spawn(api.clone(), cfg.node_monitor_grace_period);
+        controllers::serviceaccount::spawn(api.clone());
+        controllers::namespace::spawn(api.clone());
         tracing::info!(%addr, "apiserver serving");
         if cfg.controllers {
             // Through the front door, as kube-controller-manager does.

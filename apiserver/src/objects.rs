@@ -191,6 +191,12 @@ impl Api {
         }
         let ns = obj.meta().namespace.clone();
         let key = storage::key::<T>(ns.as_deref(), &name);
+        // The namespace must exist and not be Terminating, and still be at this revision
+        // when the object is written (so nothing slips in behind a namespace's deletion).
+        let mut ns_rev = match &ns {
+            Some(n) => crate::controllers::namespace::admit(self, n).await?,
+            None => 0,
+        };
         let mut taken = HashSet::new();
         self.load_taken(T::PRELOAD, &mut taken).await?;
         for attempt in 0..RETRIES {
@@ -201,7 +207,7 @@ impl Api {
             let claims = self.claims_for(&mut o, None, &taken)?;
             let mut expects = vec![(key.clone(), Expect::Absent)];
             if let Some(ns) = &ns {
-                expects.push((storage::key::<Namespace>(None, ns), Expect::Present));
+                expects.push((storage::key::<Namespace>(None, ns), Expect::Revision(ns_rev)));
             }
             let first_claim = expects.len();
             expects.extend(claims.iter().map(|c| (c.key.clone(), Expect::Absent)));
@@ -220,7 +226,9 @@ impl Api {
                         return Err(ApiError::already_exists(T::KIND, &name));
                     }
                     if let (Some(ns), true) = (&ns, failed.contains(&1)) {
-                        return Err(ApiError::not_found("Namespace", ns));
+                        // Changed meanwhile: gone (404), Terminating (403), or just updated.
+                        ns_rev = crate::controllers::namespace::admit(self, ns).await?;
+                        continue;
                     }
                     for i in failed.into_iter().filter(|&i| i >= first_claim) {
                         self.claim_lost(T::KIND, &name, &claims[i - first_claim], &mut taken).await?;

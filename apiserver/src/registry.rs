@@ -185,7 +185,12 @@ impl Strategy for Pod {
             return false;
         }
         let spec_grace = self.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-        let grace = grace.unwrap_or(spec_grace).max(0);
+        // A negative grace period means one second, as in Kubernetes (rest.BeforeDelete).
+        let grace = match grace {
+            Some(g) if g < 0 => 1,
+            Some(g) => g,
+            None => spec_grace.max(0),
+        };
         if grace == 0 {
             return false;
         }
@@ -301,50 +306,33 @@ impl Strategy for Service {
     const ALLOCATORS: &'static [&'static str] = &[SERVICE_IPS, NODE_PORTS];
     fn claims(&mut self, old: Option<&Self>, cfg: &Config, taken: &HashSet<String>, seed: u64) -> Result<Vec<Claim>, ApiErrorKind> {
         let mut claims = vec![];
-        self.claim_cluster_ip(old, cfg, taken, seed, &mut claims)?;
-        self.claim_node_ports(old, cfg, taken, seed, &mut claims)?;
-        self.claim_health_check_node_port(old, cfg, taken, seed, &mut claims)?;
+        let cx = ClaimCx { old, cfg, taken, seed };
+        self.claim_cluster_ip(&cx, &mut claims)?;
+        self.claim_node_ports(&cx, &mut claims)?;
+        self.claim_health_check_node_port(&cx, &mut claims)?;
         Ok(claims)
     }
 }
 
-trait ServiceClaims {
-    fn claim_cluster_ip(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind>;
-    fn claim_node_ports(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind>;
-    fn claim_health_check_node_port(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind>;
+/// What every claim of an object is decided from: the stored object (on an update), the
+/// ranges, the numbers already taken, and a random seed for where to start looking.
+struct ClaimCx<'a, T> {
+    old: Option<&'a T>,
+    cfg: &'a Config,
+    taken: &'a HashSet<String>,
+    seed: u64,
+}
+
+trait ServiceClaims: Sized {
+    fn claim_cluster_ip(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind>;
+    fn claim_node_ports(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind>;
+    fn claim_health_check_node_port(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind>;
 }
 
 impl ServiceClaims for Service {
     /// A ClusterIP: the one asked for, or one chosen at random from the range's free ones.
-    fn claim_cluster_ip(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind> {
+    fn claim_cluster_ip(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind> {
+        let (old, cfg, taken, seed) = (cx.old, cx.cfg, cx.taken, cx.seed);
         let owner_ips: HashSet<String> = old.and_then(|o| o.cluster_ip()).map(String::from).into_iter().collect();
         let wants = self.wants_cluster_ip();
         let external = self.type_() == "ExternalName";
@@ -374,14 +362,8 @@ impl ServiceClaims for Service {
     }
 
     /// A nodePort for every port of a NodePort or LoadBalancer service.
-    fn claim_node_ports(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind> {
+    fn claim_node_ports(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind> {
+        let (old, cfg, taken, seed) = (cx.old, cx.cfg, cx.taken, cx.seed);
         let wants = self.wants_node_ports();
         let ports = self.spec.get_or_insert_with(Default::default).ports.get_or_insert_with(Vec::new);
         if !wants {
@@ -417,14 +399,8 @@ impl ServiceClaims for Service {
     /// The `healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy:
     /// Local`: the one asked for, the one it had, or a free one from the nodePort range
     /// (it shares the range, and its claims, with the nodePorts).
-    fn claim_health_check_node_port(
-        &mut self,
-        old: Option<&Self>,
-        cfg: &Config,
-        taken: &HashSet<String>,
-        seed: u64,
-        out: &mut Vec<Claim>,
-    ) -> Result<(), ApiErrorKind> {
+    fn claim_health_check_node_port(&mut self, cx: &ClaimCx<'_, Self>, out: &mut Vec<Claim>) -> Result<(), ApiErrorKind> {
+        let (old, cfg, taken, seed) = (cx.old, cx.cfg, cx.taken, cx.seed);
         let wants = self.wants_health_check();
         let held = old.and_then(|o| o.spec.as_ref()).and_then(|s| s.health_check_node_port);
         let spec = self.spec.get_or_insert_with(Default::default);
@@ -476,6 +452,16 @@ impl Strategy for EndpointSlice {
 impl Strategy for Namespace {
     fn validate(&self, _: &Config) -> Vec<StatusCause> {
         validation::validate_namespace(self)
+    }
+    /// A namespace is not deleted at once: it turns Terminating, and the namespace
+    /// controller removes it (with a grace period of 0) once it is empty.
+    fn begin_graceful_delete(&mut self, grace: Option<i64>) -> bool {
+        if grace == Some(0) {
+            return false;
+        }
+        self.metadata.deletion_timestamp.get_or_insert_with(pkg::api::now);
+        self.status.get_or_insert_with(Default::default).phase = Some("Terminating".into());
+        true
     }
     const HAS_STATUS: bool = true;
     fn prepare_create(&mut self) {

@@ -118,10 +118,15 @@ async fn health(State(api): State<Api>) -> Response {
 async fn route(
     State(api): State<Api>,
     method: Method,
-    Path(path): Path<HashMap<String, String>>,
+    path: Result<Path<HashMap<String, String>>, axum::extract::rejection::PathRejection>,
     RawQuery(raw): RawQuery,
     req: Request,
 ) -> Response {
+    // A path that does not decode (`%FF` is no UTF-8) is the client's error, told as a Status.
+    let path = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return ApiError::bad_request(format!("invalid request path: {}", e.body_text())).into_response(),
+    };
     let target = Target::from_path(path);
     let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect();
     // exec, attach and port-forward upgrade the connection: they take the whole request.

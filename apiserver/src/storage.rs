@@ -101,6 +101,20 @@ impl Store {
         }
     }
 
+    /// [`Store::timed`] for a write: when etcd does not answer in time the write may still
+    /// commit, so the client is told exactly that (504, as kube-apiserver says it), not
+    /// that the server is unavailable.
+    async fn timed_write<T>(&self, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(_) => Err(ApiError::new(
+                504,
+                "Timeout",
+                "the server was unable to return a response in the time allotted, but may still be processing the request",
+            )),
+        }
+    }
+
     /// Read one object, with `resourceVersion` filled in.
     pub async fn get<T: Object>(&self, key: &str) -> Result<Option<T>, ApiError> {
         let mut kv = self.kv();
@@ -202,7 +216,7 @@ impl Store {
         let otherwise: Vec<TxnOp> = expects.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
         let mut kv = self.kv();
-        let resp = self.timed(kv.txn(txn)).await?;
+        let resp = self.timed_write(kv.txn(txn)).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
             return Ok(Committed::Ok(rev));

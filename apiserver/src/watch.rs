@@ -1,6 +1,16 @@
 //! `GET …?watch=true`: a stream of newline-delimited JSON events (`ADDED`, `MODIFIED`,
 //! `DELETED`, `ERROR`, `BOOKMARK`) backed by one etcd watch on the kind's prefix.
 //!
+//! A watch must never share fate with other requests. Every etcd watch travels on the
+//! one HTTP/2 connection all etcd traffic shares; if a client stops reading and its
+//! etcd stream stops being read too, that stream's flow-control window fills, then the
+//! connection's, and every request to etcd waits (three such clients took the whole API
+//! down). So a task of its own reads each etcd watch at etcd's pace into a bounded
+//! buffer ([`WATCH_BUFFER`] events, [`WATCH_BUFFER_BYTES`]) that the client drains at its pace. A client that
+//! falls that far behind is dropped, as Kubernetes' watch cache drops unresponsive
+//! watchers: its stream ends cleanly and it resumes from the last resourceVersion it saw.
+//! The same task ends the watch at `timeoutSeconds`, whether or not the client reads.
+//!
 //! Upstream: k8s.io/apiserver/pkg/endpoints/handlers/watch.go, storage/etcd3/watcher.go
 
 use crate::codec::{self, Output};
@@ -22,6 +32,11 @@ use std::time::Duration;
 
 /// How often a watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+
+/// Events a watch holds for a client that reads slower than they come, and their bytes;
+/// past either and the client is dropped.
+pub const WATCH_BUFFER: usize = 1000;
+pub const WATCH_BUFFER_BYTES: usize = 8 << 20;
 
 fn line(v: &Value) -> Bytes {
     let mut line = serde_json::to_vec(v).unwrap_or_default();
@@ -148,14 +163,71 @@ pub async fn watch<T: Strategy + Printable>(
         };
         futures::stream::iter(lines)
     });
+    // When etcd's watch ends (etcd went away, or compacted past it), the client's must end
+    // too, so it watches again; a timer left running beside it would hold it open, dead.
+    let (live_done, live_ended) = tokio::sync::oneshot::channel::<()>();
+    let live = live.chain(
+        futures::stream::once(async move {
+            let _ = live_done.send(());
+            None
+        })
+        .filter_map(futures::future::ready),
+    );
     // Bookmarks go out on a timer beside the events, naming the last revision sent.
     let ticks = futures::stream::unfold((), |_| async {
         tokio::time::sleep(BOOKMARK_EVERY).await;
         Some(((), ()))
     })
     .filter(move |_| futures::future::ready(bookmarks))
-    .map(move |_| bookmark::<T>(seen.load(Ordering::Relaxed), false));
-    let merged = futures::stream::select(live, ticks).take_until(tokio::time::sleep(Duration::from_secs(timeout)));
-    let stream = futures::stream::iter(initial).chain(merged).map(Ok::<_, std::convert::Infallible>);
+    .map(move |_| bookmark::<T>(seen.load(Ordering::Relaxed), false))
+    .take_until(live_ended);
+    let merged = futures::stream::select(live, ticks);
+    let (rx, held) = pump(merged, Duration::from_secs(timeout), T::KIND);
+    let buffered = futures::stream::unfold(rx, move |mut rx| {
+        let held = held.clone();
+        async move {
+            let line = rx.recv().await?;
+            held.fetch_sub(line.len(), Ordering::Relaxed);
+            Some((line, rx))
+        }
+    });
+    let stream = futures::stream::iter(initial).chain(buffered).map(Ok::<_, std::convert::Infallible>);
     Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(stream)).into_response())
+}
+
+/// Read `events` (the etcd watch and the bookmark timer) on a task of its own, into a
+/// buffer of [`WATCH_BUFFER`] lines; stop at `timeout`, when the client has gone, or when
+/// the buffer is full (the client is too slow). Stopping drops the etcd watch. Returns
+/// the buffer and the bytes it holds (the reader subtracts what it takes).
+fn pump(
+    events: impl futures::Stream<Item = Bytes> + Send + 'static,
+    timeout: Duration,
+    kind: &'static str,
+) -> (tokio::sync::mpsc::Receiver<Bytes>, Arc<std::sync::atomic::AtomicUsize>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bytes = held.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline, events);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = tx.closed() => break,
+                next = events.next() => match next {
+                    None => break,
+                    Some(line) => {
+                        let n = line.len();
+                        // Counted before it is sent, so the reader never takes more than was added.
+                        let before = bytes.fetch_add(n, Ordering::Relaxed);
+                        if before + n > WATCH_BUFFER_BYTES || tx.try_send(line).is_err() {
+                            tracing::warn!(kind, "watcher too slow to keep up: ending its watch");
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+    });
+    (rx, held)
 }

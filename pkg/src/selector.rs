@@ -47,12 +47,13 @@ fn split_top_level(s: &str) -> Vec<&str> {
     out
 }
 
+/// Keys and values follow the label rules: `a/b/c` is no key, `-x` no value.
 fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    crate::validation::is_label_key(k)
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    crate::validation::is_label_value(v)
 }
 
 fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, ParseError> {
@@ -62,6 +63,9 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, ParseError> {
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| ParseError(format!("{whole}: expected a parenthesised set of values")))?;
     let values: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
+    if values == [""] {
+        return Err(ParseError(format!("{whole}: for 'in', 'notin' operators, values set can't be empty")));
+    }
     if values.iter().any(|v| !valid_value(v)) {
         return Err(ParseError(format!("{whole}: invalid value in set")));
     }

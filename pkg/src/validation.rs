@@ -38,7 +38,8 @@ pub fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
-fn is_label_value(v: &str) -> bool {
+/// A label value: empty, or up to 63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
+pub fn is_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
             && v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
@@ -46,7 +47,8 @@ fn is_label_value(v: &str) -> bool {
             && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
 }
 
-fn is_label_key(k: &str) -> bool {
+/// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain, the name a non-empty label value.
+pub fn is_label_key(k: &str) -> bool {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
@@ -185,6 +187,13 @@ pub fn validate_pod_spec(spec: &PodSpec, f: &str, c: &mut Vec<StatusCause>) {
             c.push(StatusCause::invalid(format!("{f}.nodeName"), format!("\"{n}\""), "must be a DNS-1123 subdomain"));
         }
     }
+    // Both end up in the pod's /etc/hosts: a newline in them would add a line of the client's choosing.
+    for (field, v) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty() && !is_dns1123_label(v)) {
+            let msg = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
+            c.push(StatusCause::invalid(format!("{f}.{field}"), format!("{v:?}"), msg));
+        }
+    }
     if let Some(sel) = &spec.node_selector {
         labels_valid(sel, &format!("{f}.nodeSelector"), c);
     }
@@ -211,8 +220,15 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
     }
     let ports = svc.ports();
     if ty == "ExternalName" {
-        if spec.external_name.as_deref().unwrap_or("").is_empty() {
-            c.push(StatusCause::required("spec.externalName"));
+        match spec.external_name.as_deref().unwrap_or("") {
+            "" => c.push(StatusCause::required("spec.externalName")),
+            // A DNS name, as a resolver would take it (a trailing dot allowed).
+            n if !is_dns1123_subdomain(n.strip_suffix('.').unwrap_or(n)) => c.push(StatusCause::invalid(
+                "spec.externalName",
+                format!("\"{n}\""),
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )),
+            _ => {}
         }
     } else if ports.is_empty() && svc.cluster_ip() != Some("None") {
         c.push(StatusCause::required("spec.ports"));
@@ -226,6 +242,14 @@ pub fn validate_service(svc: &Service, ranges: &ServiceRanges) -> Vec<StatusCaus
                 format!("\"{ip}\""),
                 &format!("provided IP is not in the valid range. The range of valid IPs is {}", ranges.cluster_ips),
             )),
+            // The range's network and broadcast addresses are never handed out.
+            Ok(a) if !ranges.cluster_ips.usable().contains(&u64::from(u32::from(a) - u32::from(ranges.cluster_ips.addr))) => {
+                c.push(StatusCause::invalid(
+                    "spec.clusterIP",
+                    format!("\"{ip}\""),
+                    &format!("the network and broadcast addresses of {} are not valid service IPs", ranges.cluster_ips),
+                ))
+            }
             Ok(_) => {}
         },
     }

@@ -4,6 +4,10 @@
 //! (`NodeStatusUnknown`), so the scheduler stops placing pods there. Like Kubernetes, it
 //! times heartbeats by its own clock (when it *saw* one change), not the node's.
 //!
+//! The pods of a node that is not Ready are marked not Ready too (`MarkPodsNotReady`), so
+//! the endpoint controllers take them out of their Services and traffic stops going to a
+//! node that may be gone; its kubelet posts their real state when it comes back.
+//!
 //! It also does podgc's orphan sweep: a pod being deleted on a node that no longer exists
 //! has nobody to finish the delete, so it is removed here.
 
@@ -61,6 +65,10 @@ async fn pass(api: &Api, grace: Duration, seen: &mut HashMap<String, (Beat, Inst
         }
     }
     let (pods, _) = api.list::<Pod>(None).await?;
+    let down: Vec<&str> = nodes.iter().filter(|n| !n.is_ready()).map(|n| n.name()).collect();
+    for pod in pods.iter().filter(|p| p.node_name().is_some_and(|n| down.contains(&n)) && pod_ready(p)) {
+        mark_pod_not_ready(api, pod).await;
+    }
     for pod in pods.iter().filter(|p| p.is_deleting()) {
         let node = pod.node_name().unwrap_or("");
         if !nodes.iter().any(|n| n.name() == node) {
@@ -68,4 +76,32 @@ async fn pass(api: &Api, grace: Duration, seen: &mut HashMap<String, (Beat, Inst
         }
     }
     Ok(())
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Ready=False on a pod whose node is not Ready (reason `NodeNotReady`).
+async fn mark_pod_not_ready(api: &Api, pod: &Pod) {
+    tracing::info!(pod = %pod.name(), node = pod.node_name().unwrap_or(""), "node not ready: marking its pod not ready");
+    let t = pkg::api::now();
+    let r = api
+        .modify::<Pod>(pod.namespace(), pod.name(), true, |p| {
+            let Some(c) = p.status.as_mut().and_then(|s| s.conditions.as_mut()).and_then(|cs| cs.iter_mut().find(|c| c.type_ == "Ready"))
+            else {
+                return false;
+            };
+            if c.status != "True" {
+                return false;
+            }
+            c.status = "False".into();
+            c.reason = Some("NodeNotReady".into());
+            c.last_transition_time = Some(t.clone());
+            true
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(pod = %pod.name(), error = %e.message(), "could not mark the pod not ready");
+    }
 }

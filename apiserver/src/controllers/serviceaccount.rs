@@ -32,7 +32,8 @@ pub fn spawn(api: Api) {
             if !rx.is_empty() {
                 continue; // a burst: reconcile once it has been read
             }
-            for ((_, ns), _) in namespaces.iter() {
+            // A Terminating namespace takes no new objects (and is about to lose this one).
+            for ((_, ns), _) in namespaces.iter().filter(|(_, n)| !super::namespace::terminating(n)) {
                 if !accounts.contains_key(&(ns.clone(), "default".to_string())) {
                     ensure_default(&api, ns).await;
                 }

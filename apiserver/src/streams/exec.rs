@@ -27,6 +27,9 @@ pub async fn connect_agent(http_url: &str) -> Result<AgentSocket, String> {
     let url = http_url.replacen("http://", "ws://", 1);
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     req.headers_mut().insert("sec-websocket-protocol", rc::V5.parse().expect("ascii"));
+    if let Some(a) = super::agent_authorization().and_then(|a| a.parse().ok()) {
+        req.headers_mut().insert("authorization", a);
+    }
     let (ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req))
         .await
         .map_err(|_| "the agent did not answer in 10 s".to_string())?

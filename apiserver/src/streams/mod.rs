@@ -32,6 +32,29 @@ use axum::response::IntoResponse;
 use pkg::api::{Node, NodeExt, Pod, PodExt, PodPhase};
 use std::collections::HashMap;
 
+/// The credential this apiserver presents to every agent (`--kubelet-token-file`), as
+/// kube-apiserver presents its one `--kubelet-client-certificate`: one per process, set
+/// once at start.
+static KUBELET_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_kubelet_token(token: String) {
+    let _ = KUBELET_TOKEN.set(token);
+}
+
+/// `Authorization` for requests to agents, if a token is configured.
+pub fn agent_authorization() -> Option<String> {
+    KUBELET_TOKEN.get().map(|t| format!("Bearer {t}"))
+}
+
+/// A GET to an agent, with the apiserver's credential.
+fn agent_get(url: &str) -> reqwest::RequestBuilder {
+    let rq = reqwest::Client::new().get(url);
+    match agent_authorization() {
+        Some(a) => rq.header(header::AUTHORIZATION, a),
+        None => rq,
+    }
+}
+
 /// `http://IP:PORT` of the agent on the node a pod runs on: the node's InternalIP and the
 /// port in its `daemonEndpoints`.
 pub async fn agent_base(api: &Api, pod: &Pod) -> Result<String, ApiError> {
@@ -175,8 +198,7 @@ pub async fn node_proxy(api: &Api, node: &str, path: &str, query: Option<&str>) 
         return Err(ApiError::bad_request("the proxied path may not contain `..`"));
     }
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
-    let resp = reqwest::Client::new()
-        .get(format!("http://{ip}:{port}/{path}{q}"))
+    let resp = agent_get(&format!("http://{ip}:{port}/{path}{q}"))
         .timeout(std::time::Duration::from_secs(30))
         .send()
         .await
@@ -208,7 +230,7 @@ pub async fn pod_log(api: &Api, ns: &str, name: &str, p: &HashMap<String, String
     }
     let url = format!("{base}/containerLogs/{ns}/{name}/{container}?{}", encode(&q, &[]));
     let follow = p.get("follow").is_some_and(|v| v == "true");
-    let mut rq = reqwest::Client::new().get(&url);
+    let mut rq = agent_get(&url);
     if !follow {
         rq = rq.timeout(std::time::Duration::from_secs(10));
     }

@@ -51,6 +51,11 @@ impl Etcd {
         }
     }
 
+    /// The etcd process (to stop it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("etcd is running").id()
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
