@@ -57,6 +57,10 @@ struct Flags {
     /// agent's 0.0.0.0/0:10250 (repeatable).
     #[arg(long, env = "OWNKUBE_DENY_POD_ACCESS", value_delimiter = ',')]
     deny_pod_access: Vec<agent::firewall::Deny>,
+    /// A file holding this node's own token for the apiserver (one line of its
+    /// `--token-auth-file`): only with it may the agent register the Node and post its status.
+    #[arg(long, env = "OWNKUBE_NODE_TOKEN_FILE")]
+    node_token_file: Option<PathBuf>,
 }
 
 /// The source address the kernel would use for the default route. A UDP "connect" sends
@@ -124,7 +128,11 @@ async fn main() -> anyhow::Result<()> {
         lease_renew: pkg::kubelet::node::RENEW_EVERY,
         netns: None,
     };
-    let kube_client = kubelet::client_for(&flags.apiserver)?;
+    let node_token = match &flags.node_token_file {
+        Some(f) => Some(std::fs::read_to_string(f)?.trim().to_string()),
+        None => None,
+    };
+    let kube_client = kubelet::client_with_token(&flags.apiserver, node_token)?;
     let reporting = agent::proxy::Reporting::with_events(kube_client.clone(), &flags.node_name);
     let kubelet = Kubelet::start(kube_client, rt, cfg).await?;
     tokio::select! {

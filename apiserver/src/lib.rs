@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod error;
 pub mod handler;
 pub mod list;
+pub mod noderestriction;
 pub mod objects;
 pub mod openapi;
 pub mod printers;
@@ -80,6 +81,13 @@ pub struct Config {
     /// A file holding the token this server presents to the agents (their `--auth-token-file`).
     #[arg(long)]
     pub kubelet_token_file: Option<std::path::PathBuf>,
+    /// Static tokens (`token,user,uid,"groups"` per line): agents present theirs as
+    /// `system:node:<name>`, and only a node may register itself or change its status.
+    #[arg(long)]
+    pub token_auth_file: Option<std::path::PathBuf>,
+    /// The tokens read from `--token-auth-file` at start.
+    #[arg(skip)]
+    pub tokens: Option<noderestriction::Tokens>,
 }
 
 /// `500ms`, `5s`, `2m`.
@@ -136,6 +144,10 @@ impl Server {
             let token = std::fs::read_to_string(f)?.trim().to_string();
             anyhow::ensure!(!token.is_empty(), "{} holds no token", f.display());
             streams::set_kubelet_token(token);
+        }
+        let mut cfg = cfg;
+        if let Some(f) = &cfg.token_auth_file {
+            cfg.tokens = Some(noderestriction::Tokens::parse(&std::fs::read_to_string(f)?)?);
         }
         let store = storage::Store::connect(&cfg.etcd_servers, cfg.etcd_timeout).await?;
         let api = objects::Api { store, cfg: Arc::new(cfg.clone()) };

@@ -156,6 +156,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    if let Some(tokens) = &api.cfg.tokens {
+        let user = tokens.user(h)?;
+        if (t.group.as_str(), t.resource.as_str()) == ("", "nodes") {
+            // A create names its node in the body.
+            let named = match t.name.as_deref() {
+                Some(n) => Some(n.to_string()),
+                None => codec::parse_documents(h, &body).ok().and_then(|d| d.first()?["metadata"]["name"].as_str().map(String::from)),
+            };
+            crate::noderestriction::admit(user, method, named.as_deref(), t.sub.as_deref())?;
+        }
+    }
     if let ("pods", Some(name), Some("log"), Some(ns)) = (t.resource.as_str(), t.name.as_deref(), t.sub.as_deref(), t.ns.as_deref()) {
         return crate::streams::pod_log(api, ns, name, p).await;
     }

@@ -288,3 +288,38 @@ async fn a_watch_ends_when_etcd_goes_away() {
         eventually(20, "etcd back", || async { (c.get(CMS).await.0 == 200).then_some(()) }).await;
     }
 }
+
+/// Only a node may register itself or say where it is (its status addresses are where the
+/// apiserver dials, with the agent credential); anyone else may still read and label it.
+#[tokio::test]
+async fn only_a_node_registers_itself_and_posts_its_status() {
+    let tokens = apiserver::noderestriction::Tokens::parse("t1,system:node:node1,node1\nt2,system:node:node2,node2\n").unwrap();
+    let c = Cluster::start_with(|cfg| cfg.tokens = Some(tokens)).await;
+    let send = |method: reqwest::Method, path: &str, token: Option<&str>, body: Value| {
+        let mut rq = c.http.request(method, c.url(path)).json(&body);
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        async move { rq.send().await.unwrap().status().as_u16() }
+    };
+    let node = json!({"metadata": {"name": "node1"}});
+    assert_eq!(send(reqwest::Method::POST, "/api/v1/nodes", None, node.clone()).await, 403, "anonymous may not register a node");
+    assert_eq!(send(reqwest::Method::POST, "/api/v1/nodes", Some("t2"), node.clone()).await, 403, "node2 may not register node1");
+    assert_eq!(send(reqwest::Method::POST, "/api/v1/nodes", Some("t1"), node).await, 201);
+    let status = json!({"metadata": {"name": "node1"}, "status": {"addresses": [{"type": "InternalIP", "address": "203.0.113.7"}]}});
+    for (token, want) in [(None, 403), (Some("t2"), 403), (Some("bogus"), 401), (Some("t1"), 200)] {
+        assert_eq!(send(reqwest::Method::PUT, "/api/v1/nodes/node1/status", token, status.clone()).await, want, "{token:?}");
+    }
+    let label = json!({"metadata": {"labels": {"zone": "a"}}});
+    let r = c
+        .http
+        .patch(c.url("/api/v1/nodes/node1"))
+        .header("content-type", "application/merge-patch+json")
+        .json(&label)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "labels stay open to anyone");
+    assert_eq!(c.get("/api/v1/nodes/node1").await.0, 200);
+    assert_eq!(send(reqwest::Method::GET, "/api/v1/pods", Some("bogus"), Value::Null).await, 401, "an unknown token is refused everywhere");
+}

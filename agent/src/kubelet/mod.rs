@@ -82,7 +82,14 @@ pub fn stdin_path(state_dir: &std::path::Path, uid: &str, container: &str) -> Pa
 
 /// A client of the apiserver at `url` (plain HTTP, as in the lab).
 pub fn client_for(url: &str) -> anyhow::Result<kube::Client> {
-    let cfg = kube::Config::new(url.parse()?);
+    client_with_token(url, None)
+}
+
+/// [`client_for`], presenting this node's token (what makes it `system:node:<name>`,
+/// the only one who may register the Node and post its status).
+pub fn client_with_token(url: &str, token: Option<String>) -> anyhow::Result<kube::Client> {
+    let mut cfg = kube::Config::new(url.parse()?);
+    cfg.auth_info.token = token.map(Into::into);
     Ok(kube::Client::try_from(cfg)?)
 }
 
