@@ -128,22 +128,16 @@ fn external_local(sp: &ServicePort, cluster_cidr: &str, out: &mut ServiceChains)
 
 /// Everything one service port contributes to a sync.
 pub fn render_service(sp: &ServicePort, cluster_cidr: &str) -> ServiceChains {
-    use super::TrafficPolicy::{Cluster, Local};
+    use super::TrafficPolicy::Local;
     let mut out = ServiceChains::default();
-    let svc_used = !sp.endpoints.is_empty() && (sp.internal_policy == Cluster || sp.node_port.is_some());
-    let svl_used = sp.uses_local() && !sp.local_endpoints.is_empty();
-    let mut seps = vec![];
+    let (svc_used, svl_used) = (sp.uses_cluster_chain(), sp.uses_local_chain());
     if svc_used {
         balance(sp, &sp.svc_chain(), &sp.endpoints, &mut out);
-        seps.extend(sp.endpoints.iter().cloned());
     }
     if svl_used {
         balance(sp, &sp.svl_chain(), &sp.local_endpoints, &mut out);
-        seps.extend(sp.local_endpoints.iter().cloned());
     }
-    seps.sort();
-    seps.dedup();
-    for (ip, port) in &seps {
+    for (ip, port) in &sp.chained_endpoints() {
         endpoint(sp, ip, *port, &mut out);
     }
     if sp.node_port.is_some() && sp.external_policy == Local && (svc_used || svl_used) {

@@ -108,29 +108,32 @@ impl ServicePort {
         self.internal_policy == TrafficPolicy::Local || (self.node_port.is_some() && self.external_policy == TrafficPolicy::Local)
     }
 
-    /// Every endpoint some chain of this port sends to: the cluster-wide pick and the
-    /// local one (a local pick may hold a terminating endpoint the cluster pick skips).
-    pub fn all_endpoints(&self) -> Vec<(String, u16)> {
-        let mut all: Vec<(String, u16)> = self.endpoints.iter().chain(&self.local_endpoints).cloned().collect();
+    /// Whether the cluster-policy chain (KUBE-SVC / `service-`) is written: there are
+    /// endpoints, and ClusterIP traffic (policy Cluster) or a NodePort's pod and node
+    /// traffic (always cluster-wide) goes to it.
+    pub fn uses_cluster_chain(&self) -> bool {
+        !self.endpoints.is_empty() && (self.internal_policy == TrafficPolicy::Cluster || self.node_port.is_some())
+    }
+
+    /// Whether the local-policy chain (KUBE-SVL / `local-`) is written: a policy is Local
+    /// and this node has endpoints.
+    pub fn uses_local_chain(&self) -> bool {
+        self.uses_local() && !self.local_endpoints.is_empty()
+    }
+
+    /// The endpoints that get a chain of their own: those of the policy chains written,
+    /// sorted, once each (a local pick may hold a terminating endpoint the cluster pick skips).
+    pub fn chained_endpoints(&self) -> Vec<(String, u16)> {
+        let mut all: Vec<(String, u16)> = vec![];
+        if self.uses_cluster_chain() {
+            all.extend(self.endpoints.iter().cloned());
+        }
+        if self.uses_local_chain() {
+            all.extend(self.local_endpoints.iter().cloned());
+        }
         all.sort();
         all.dedup();
         all
-    }
-
-    /// Where ClusterIP traffic goes: the local pick under `internalTrafficPolicy: Local`.
-    pub fn internal_endpoints(&self) -> &[(String, u16)] {
-        match self.internal_policy {
-            TrafficPolicy::Local => &self.local_endpoints,
-            TrafficPolicy::Cluster => &self.endpoints,
-        }
-    }
-
-    /// Where NodePort traffic from outside goes: the local pick under `externalTrafficPolicy: Local`.
-    pub fn external_endpoints(&self) -> &[(String, u16)] {
-        match self.external_policy {
-            TrafficPolicy::Local => &self.local_endpoints,
-            TrafficPolicy::Cluster => &self.endpoints,
-        }
     }
 }
 

@@ -155,22 +155,10 @@ fn external(sp: &ServicePort, cluster_cidr: &str, local_used: bool) -> Vec<Strin
 
 /// The chains, sets and map elements of one service port.
 pub fn render_service(sp: &ServicePort, cluster_cidr: &str) -> Rendered {
-    use super::TrafficPolicy::Cluster;
     let mut out = Rendered::default();
-    let none = sp.endpoints.is_empty();
-    let svc_used = !none && (sp.internal_policy == Cluster || sp.node_port.is_some());
-    let local_used = sp.uses_local() && !sp.local_endpoints.is_empty();
-    let mut used = vec![];
-    if svc_used {
-        used.extend(sp.endpoints.iter().cloned());
-    }
-    if local_used {
-        used.extend(sp.local_endpoints.iter().cloned());
-    }
-    used.sort();
-    used.dedup();
+    let (svc_used, local_used) = (sp.uses_cluster_chain(), sp.uses_local_chain());
     // Chains in the order they may be written: each after the ones it jumps to.
-    for (ip, port) in &used {
+    for (ip, port) in &sp.chained_endpoints() {
         endpoint(sp, ip, *port, &mut out);
     }
     if svc_used {
@@ -187,7 +175,7 @@ pub fn render_service(sp: &ServicePort, cluster_cidr: &str) -> Rendered {
         balance(sp, &sp.local_endpoints, &mut rules);
         out.chains.push((local_chain(sp), rules));
     }
-    if sp.node_port.is_some() && !none && (svc_used || local_used) {
+    if sp.node_port.is_some() && !sp.endpoints.is_empty() {
         out.chains.push((external_chain(sp), external(sp, cluster_cidr, local_used)));
     }
     out.elements = elements(sp, svc_used, local_used);
