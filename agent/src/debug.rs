@@ -1,8 +1,11 @@
 //! The agent's own HTTP port (the kubelet's 10250): `/healthz`, the node API of
 //! [`crate::streaming`] (logs, exec, attach, port-forward: what `kubectl` reaches
-//! through the apiserver), and `/debug/proxy`, which shows the proxy's last ruleset and sync
-//! statistics so a learner can compare them with `iptables-save -t nat`.
+//! through the apiserver), `/debug/proxy`, which shows the proxy's last ruleset and sync
+//! statistics so a learner can compare them with `iptables-save -t nat`, and
+//! `/debug/proxy/history` ([`crate::proxy::history`]): the last 100 syncs, what set each
+//! off and the rule lines it added and removed; `?watch=true` streams new ones.
 
+use crate::proxy::history::History;
 use crate::proxy::Stats;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -11,9 +14,10 @@ use axum::Router;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct DebugState {
     pub proxy: Arc<Mutex<Stats>>,
+    pub history: Arc<History>,
 }
 
 /// The agent's port: health and debug pages, and (on a node that runs pods) the logs,
@@ -25,7 +29,9 @@ pub fn router(state: DebugState, streaming: Option<crate::streaming::Streaming>)
 /// [`router`], answering only requests that [`crate::auth::Token`] lets through. Serve it
 /// with `into_make_service_with_connect_info::<SocketAddr>()` so it knows who asks.
 pub fn router_with(state: DebugState, streaming: Option<crate::streaming::Streaming>, token: crate::auth::Token) -> Router {
-    let r = Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy)).with_state(state);
+    let r = Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy))
+        .route("/debug/proxy/history", get(history))
+        .with_state(state);
     let r = match streaming {
         Some(s) => r.merge(crate::streaming::router(s)),
         None => r,
@@ -40,4 +46,23 @@ async fn proxy(State(s): State<DebugState>, Query(q): Query<HashMap<String, Stri
         return stats.last_ruleset.into_response();
     }
     axum::Json(stats).into_response()
+}
+
+/// `{"items": [...]}`, oldest first; with `?watch=true`, one line of JSON per sync from
+/// now on, for as long as the client stays (a client too slow to keep up is told how
+/// many it missed).
+async fn history(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (kept, rx) = s.history.subscribe();
+    if !matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
+        return axum::Json(serde_json::json!({ "items": kept })).into_response();
+    }
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = match rx.recv().await {
+            Ok(r) => serde_json::to_string(&r).unwrap_or_default(),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}"),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(format!("{line}\n")), rx))
+    });
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(lines)).into_response()
 }

@@ -6,7 +6,8 @@
 //! `--deny-pod-access ADDRESS[/PREFIX]:PORT`. Written whole with `iptables-restore
 //! --noflush` at start and every minute, so it converges whatever was there.
 //!
-//! Upstream: pkg/kubelet/kubelet_network_linux.go (KUBE-FIREWALL)
+//! Upstream: pkg/kubelet/kubelet_network_linux.go (KUBE-FIREWALL, which likewise spares
+//! `RELATED,ESTABLISHED,DNAT` traffic)
 
 use crate::proxy::iptables::{IptablesError, Runner};
 use std::fmt::Write;
@@ -31,13 +32,16 @@ impl std::str::FromStr for Deny {
     }
 }
 
-/// The `iptables-restore` text of the chain.
+/// The `iptables-restore` text of the chain. Only *new* connections are refused
+/// (`--ctstate NEW`): a pod's reply to a connection someone opened from a denied port
+/// must pass — kube-proxy's `masquerade --random-fully` picks any source port, 10250
+/// included, for NodePort traffic it sends to a pod on another node.
 pub fn render(cluster_cidr: &str, deny: &[Deny]) -> String {
     let mut t = format!("*filter\n:{CHAIN} - [0:0]\n");
     for d in deny {
         let _ = writeln!(
             t,
-            "-A {CHAIN} -m comment --comment \"pods may not reach {}:{}\" -s {cluster_cidr} -d {} -p tcp -m tcp --dport {} -j REJECT --reject-with tcp-reset",
+            "-A {CHAIN} -m comment --comment \"pods may not reach {}:{}\" -s {cluster_cidr} -d {} -p tcp -m tcp --dport {} -m conntrack --ctstate NEW -j REJECT --reject-with tcp-reset",
             d.cidr, d.port, d.cidr, d.port
         );
     }
@@ -63,7 +67,7 @@ mod tests {
     fn entries_parse_and_render() {
         let d: Vec<Deny> = ["172.30.0.2:2379", "0.0.0.0/0:10250"].iter().map(|s| s.parse().unwrap()).collect();
         let t = render("10.244.0.0/16", &d);
-        assert!(t.contains("-s 10.244.0.0/16 -d 172.30.0.2/32 -p tcp -m tcp --dport 2379 -j REJECT"), "{t}");
+        assert!(t.contains("-s 10.244.0.0/16 -d 172.30.0.2/32 -p tcp -m tcp --dport 2379 -m conntrack --ctstate NEW -j REJECT"), "{t}");
         assert!(t.contains("-d 0.0.0.0/0 -p tcp -m tcp --dport 10250"), "{t}");
         assert!("etcd:2379".parse::<Deny>().is_err());
         assert!("1.2.3.4".parse::<Deny>().is_err());

@@ -154,7 +154,7 @@ async fn kubelet_runs_restarts_adopts_and_removes_pods() {
     // The agent's own port, for logs.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let dbg = agent::debug::DebugState { proxy: Default::default() };
+    let dbg = agent::debug::DebugState::default();
     let streaming = agent::streaming::Streaming {
         client: Client::new(&c.base),
         runtime: rt.clone(),

@@ -56,7 +56,7 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         logs_dir: state.path().join("logs"),
     };
     tokio::spawn(async move {
-        axum::serve(listener, agent::debug::router(agent::debug::DebugState { proxy: Default::default() }, Some(streaming))).await
+        axum::serve(listener, agent::debug::router(agent::debug::DebugState::default(), Some(streaming))).await
     });
     let cfg = kubelet::Config {
         node_name: "pnode".into(),

@@ -224,6 +224,17 @@ async fn reaches_every_backend(mode: Mode) {
     assert!(!hits.contains_key("be3"), "removed endpoint still reached: {hits:?}");
     assert_eq!(hits.len(), 2);
 
+    // The sync's history record says what went, and its removed lines are gone from the kernel.
+    let (kept, _) = proxier.history.subscribe();
+    let last = kept.last().expect("a history record per sync");
+    let be3 = format!("{}:8080", Lab::backend_ip(2));
+    assert!(last.changes.iter().any(|c| c.starts_with("default/web:") && c.ends_with(&format!("endpoint {be3} removed"))), "{last:?}");
+    let dnat = last.removed.iter().find(|l| l.contains(&be3) && l.contains("to")).expect("a DNAT line removed");
+    assert!(!rules(&lab, mode).contains(&be3), "{dnat} is still loaded");
+    let be1_dnat = |l: &&String| l.contains(&format!("to-destination {}:8080", Lab::backend_ip(0))) || l.contains(&format!("dnat to {}:8080", Lab::backend_ip(0)));
+    assert!(!last.removed.iter().chain(&last.added).any(|l| be1_dnat(&l)), "be1's chain is unchanged: {last:?}");
+    assert_eq!(kept.len(), 2, "one record per sync: {kept:?}");
+
     // Syncing again changes nothing.
     world.sync(&mut proxier).await; // (nftables: deletes what the last sync flushed)
     let before = rules(&lab, mode);

@@ -40,7 +40,7 @@ async fn exec_cp_port_forward_attach_and_logs_through_the_apiserver() {
         state_dir: state.path().to_path_buf(),
         logs_dir: state.path().join("logs"),
     };
-    let dbg = agent::debug::DebugState { proxy: Default::default() };
+    let dbg = agent::debug::DebugState::default();
     tokio::spawn(async move { axum::serve(listener, agent::debug::router(dbg, Some(streaming))).await });
     let cfg = kubelet::Config {
         node_name: "snode".into(),

@@ -11,6 +11,7 @@
 //! in the kernel while the agent is down.
 
 pub mod healthcheck;
+pub mod history;
 pub mod iptables;
 pub mod nftables;
 
@@ -80,6 +81,10 @@ pub struct Proxier {
     last_ports: BTreeMap<(String, String), ServicePort>,
     need_full: bool,
     pub stats: Arc<Mutex<Stats>>,
+    /// The last syncs, for `/debug/proxy/history`.
+    pub history: Arc<history::History>,
+    /// What happened since the last sync ([`Proxier::note`]), for its history record.
+    triggers: Vec<String>,
 }
 
 impl Proxier {
@@ -101,6 +106,8 @@ impl Proxier {
             last_ports: BTreeMap::new(),
             need_full: true,
             stats: Default::default(),
+            history: Default::default(),
+            triggers: vec![],
         }
     }
 
@@ -125,15 +132,42 @@ impl Proxier {
         }
     }
 
+    /// Say what the next sync is for ("EndpointSlice default/web-x1 modified"): its
+    /// history record lists these.
+    pub fn note(&mut self, trigger: String) {
+        const MAX_TRIGGERS: usize = 50;
+        if self.triggers.len() < MAX_TRIGGERS {
+            self.triggers.push(trigger);
+        }
+    }
+
     /// Converge the kernel's rules to these services and endpoints.
     pub async fn sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>) -> anyhow::Result<()> {
-        let start = Instant::now();
+        let (start, time) = (Instant::now(), jiff::Timestamp::now().to_string());
         let full = self.need_full;
-        let result = self.try_sync(services, backends, full).await;
+        let ports = service_ports(services.iter().copied(), backends, &self.node_name);
+        let lines = match self.engine {
+            Engine::Iptables(_) => pkg::proxy::history::Lines::Iptables,
+            Engine::Nftables(_) => pkg::proxy::history::Lines::Nftables,
+        };
+        let diff = pkg::proxy::history::rule_diff(&self.last_ports, &ports, &self.cluster_cidr, lines);
+        let changes = pkg::proxy::history::port_changes(&self.last_ports, &ports);
+        let result = self.try_sync(ports, full).await;
+        let millis = start.elapsed().as_secs_f64() * 1000.0;
+        self.count(&result, full, millis);
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        let triggers = std::mem::take(&mut self.triggers);
+        let record = history::SyncRecord { time, full, triggers, changes, millis, error, ..Default::default() };
+        self.history.record(record.with_lines(diff));
+        result
+    }
+
+    /// Count a sync in the statistics; after a failure, plan the next one full.
+    fn count(&mut self, result: &anyhow::Result<()>, full: bool, millis: f64) {
         let mut st = self.stats.lock().unwrap();
         st.syncs += 1;
-        st.last_sync_millis = start.elapsed().as_secs_f64() * 1000.0;
-        match &result {
+        st.last_sync_millis = millis;
+        match result {
             Ok(()) => {
                 self.need_full = false;
                 st.last_error = None;
@@ -153,7 +187,6 @@ impl Proxier {
                 st.last_error = Some(format!("{e:#}"));
             }
         }
-        result
     }
 
     /// Ask for the next sync to be full (the periodic resync).
@@ -166,8 +199,7 @@ impl Proxier {
         matches!(&self.engine, Engine::Nftables(p) if p.pending())
     }
 
-    async fn try_sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>, full: bool) -> anyhow::Result<()> {
-        let ports = service_ports(services.iter().copied(), backends, &self.node_name);
+    async fn try_sync(&mut self, ports: BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<()> {
         let (runner, cidr) = (&self.runner, self.cluster_cidr.as_str());
         let Synced { rules, written, deleted, text } = match &mut self.engine {
             Engine::Iptables(planner) => sync_iptables(runner, cidr, planner, &ports, full).await?,
@@ -328,10 +360,12 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration, mut rep
                     match m {
                         Msg::Svc(c) => {
                             have_svcs |= matches!(c, Change::Synced(_));
+                            proxier.note(describe("Service", &c, &services));
                             c.apply_to(&mut services, ns_name)
                         }
                         Msg::Slice(c) => {
                             have_eps |= matches!(c, Change::Synced(_));
+                            proxier.note(describe("EndpointSlice", &c, &slices));
                             c.apply_to(&mut slices, ns_name)
                         }
                     }
@@ -339,11 +373,12 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration, mut rep
                 dirty = true;
             }
             Err(_) if Instant::now() >= next_full => {
+                proxier.note("periodic full resync".into());
                 proxier.request_full();
                 next_full = Instant::now() + resync;
                 dirty = true;
             }
-            Err(_) => {} // retry after a failure
+            Err(_) => proxier.note("retry, or deleting what the last sync flushed".into()),
         }
         // Never sync from half a picture: wait until both lists have arrived once.
         if !(dirty && have_svcs && have_eps) {
@@ -359,5 +394,17 @@ pub async fn run(client: Client, mut proxier: Proxier, resync: Duration, mut rep
             }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
         }
+    }
+}
+
+/// One line for the history: what a watch event did to the proxy's cache
+/// ("EndpointSlice default/web-x1 modified (resourceVersion 812)").
+fn describe<T: pkg::api::Object>(kind: &str, change: &Change<T>, cache: &HashMap<String, T>) -> String {
+    let rv = |o: &T| o.meta().resource_version.as_ref().map(|v| format!(" (resourceVersion {v})")).unwrap_or_default();
+    match change {
+        Change::Synced(items) => format!("{kind} list: {} object(s)", items.len()),
+        Change::Upsert(o) if cache.contains_key(&ns_name(o)) => format!("{kind} {} modified{}", ns_name(o), rv(o)),
+        Change::Upsert(o) => format!("{kind} {} added{}", ns_name(o), rv(o)),
+        Change::Deleted(o) => format!("{kind} {} deleted", ns_name(o)),
     }
 }

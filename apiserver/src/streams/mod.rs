@@ -198,15 +198,15 @@ pub async fn node_proxy(api: &Api, node: &str, path: &str, query: Option<&str>) 
         return Err(ApiError::bad_request("the proxied path may not contain `..`"));
     }
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
-    let resp = agent_get(&format!("http://{ip}:{port}/{path}{q}"))
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
+    // Streamed as it comes (`/debug/proxy/history?watch=true` never ends); only the wait
+    // for the agent's answer is bounded.
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), agent_get(&format!("http://{ip}:{port}/{path}{q}")).send())
         .await
+        .map_err(|_| ApiError::unavailable(format!("the agent of node {node} did not answer in 30 s")))?
         .map_err(|e| ApiError::unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
     let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let ct = resp.headers().get(header::CONTENT_TYPE).cloned().unwrap_or(HeaderValue::from_static("text/plain"));
-    let body = resp.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok((code, [(header::CONTENT_TYPE, ct)], body).into_response())
+    Ok((code, [(header::CONTENT_TYPE, ct)], Body::from_stream(resp.bytes_stream())).into_response())
 }
 
 /// `GET …/pods/{name}/log?container=&follow=&tailLines=&limitBytes=`: from the agent,

@@ -24,9 +24,12 @@
 //!   dynamic sets with timeouts).
 //! - SCTP ports are refused ([`unsupported`]): no rules, and the agent says why in an event.
 //!
+//! [`history`] says what a sync changed (in words, and as rule lines added and removed).
+//!
 //! Upstream: pkg/proxy (endpointslicecache.go, topology.go), pkg/proxy/iptables,
 //! pkg/proxy/nftables
 
+pub mod history;
 pub mod iptables;
 pub mod nftables;
 
