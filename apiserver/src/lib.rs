@@ -14,7 +14,8 @@
 //! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
 //!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
 //! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
-//! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory);
+//! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory),
+//!   through [`members`]: one client per etcd member, moving to the next when one is down;
 //! - [`controllers`]: node lifecycle, namespace deletion and default service accounts,
 //!   in-process; the scheduler and the workload, endpoints and garbage-collection
 //!   controllers are the [`::controllers`] crate, which talks to this server over HTTP
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod handler;
 pub mod list;
+pub mod members;
 pub mod noderestriction;
 pub mod objects;
 pub mod openapi;

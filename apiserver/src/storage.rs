@@ -12,6 +12,7 @@
 //! racing for the same name, ClusterIP or nodePort cannot both win.
 
 use crate::error::ApiError;
+use crate::members::{fail_over, Kind, Members};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use pkg::api::Object;
 use std::time::Duration;
@@ -59,7 +60,8 @@ const MAX_RESPONSE: usize = 512 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
+    /// One client per etcd member; requests go to the pinned one ([`crate::members`]).
+    members: Members,
     timeout: Duration,
     /// The etcd lease objects with a TTL are written with, and when it was granted: one
     /// lease serves every such write for a minute (kube-apiserver's LeaseManager), so a
@@ -84,41 +86,62 @@ impl Store {
     /// etcd is down and recovers when it returns, answering 503 meanwhile.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> anyhow::Result<Store> {
         let opts = ConnectOptions::new().with_connect_timeout(timeout).with_keep_alive(Duration::from_secs(10), timeout);
-        let client = Client::connect(endpoints, Some(opts)).await?;
-        Ok(Store { client, timeout, ttl_lease: Default::default() })
+        let members = Members::connect(endpoints, opts).await?;
+        Ok(Store { members, timeout, ttl_lease: Default::default() })
+    }
+
+    /// Run one etcd request, `op(client)`, within the timeout: on the pinned member, and
+    /// on the next ones while a member fails in a way [`fail_over`] allows for this kind.
+    /// A read that runs out of time is 503; a write 504, since it may still commit
+    /// (kube-apiserver says the same).
+    async fn run<T, F, Fut>(&self, kind: Kind, mut op: F) -> Result<T, ApiError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for attempt in 1..=self.members.len() {
+            let (i, client) = self.members.pinned();
+            match tokio::time::timeout_at(deadline, op(client)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if attempt < self.members.len() && fail_over(&e, kind) => self.members.failed(i, &e),
+                Ok(Err(e)) => {
+                    if fail_over(&e, Kind::Read) {
+                        self.members.failed(i, &e); // the next request starts elsewhere
+                    }
+                    return Err(ApiError::from(e));
+                }
+                Err(_) if kind == Kind::Write => {
+                    return Err(ApiError::new(
+                        504,
+                        "Timeout",
+                        "the server was unable to return a response in the time allotted, but may still be processing the request",
+                    ))
+                }
+                Err(_) => return Err(ApiError::unavailable("etcd did not answer in time")),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// A KV client that accepts large responses (a list of 10,000 pods is ~10 MiB; gRPC's
     /// default limit is 4 MiB).
-    fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client().max_decoding_message_size(MAX_RESPONSE)
+    fn kv(c: &Client) -> etcd_client::KvClient {
+        c.kv_client().max_decoding_message_size(MAX_RESPONSE)
     }
 
-    async fn timed<T>(&self, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(ApiError::unavailable("etcd did not answer in time")),
-        }
-    }
-
-    /// [`Store::timed`] for a write: when etcd does not answer in time the write may still
-    /// commit, so the client is told exactly that (504, as kube-apiserver says it), not
-    /// that the server is unavailable.
-    async fn timed_write<T>(&self, f: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ApiError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(_) => Err(ApiError::new(
-                504,
-                "Timeout",
-                "the server was unable to return a response in the time allotted, but may still be processing the request",
-            )),
-        }
+    /// `get(key, opts)` on the KV API, as a read.
+    async fn read(&self, key: &str, opts: Option<GetOptions>) -> Result<etcd_client::GetResponse, ApiError> {
+        self.run(Kind::Read, |c| {
+            let opts = opts.clone();
+            async move { Self::kv(&c).get(key, opts).await }
+        })
+        .await
     }
 
     /// Read one object, with `resourceVersion` filled in.
     pub async fn get<T: Object>(&self, key: &str) -> Result<Option<T>, ApiError> {
-        let mut kv = self.kv();
-        let resp = self.timed(kv.get(key, None)).await?;
+        let resp = self.read(key, None).await?;
         match resp.kvs().first() {
             None => Ok(None),
             Some(kv) => Ok(Some(decode(kv.value(), kv.mod_revision())?)),
@@ -134,12 +157,11 @@ impl Store {
 
     /// Keys (and optionally values) under a prefix.
     pub async fn list_raw(&self, prefix: &str, keys_only: bool) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), ApiError> {
-        let mut kv = self.kv();
         let mut opts = GetOptions::new().with_prefix();
         if keys_only {
             opts = opts.with_keys_only();
         }
-        let resp = self.timed(kv.get(prefix, Some(opts))).await?;
+        let resp = self.read(prefix, Some(opts)).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         let items =
             resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision())).collect();
@@ -149,13 +171,12 @@ impl Store {
     /// Up to `limit` keys from `start` (inclusive) to the end of `prefix`, read at
     /// `revision` (0: now). A compacted revision is 410 Gone.
     pub async fn list_page(&self, prefix: &str, start: &str, revision: i64, limit: i64) -> Result<Page, ApiError> {
-        let mut kv = self.kv();
         let end = prefix_end(prefix);
         let mut opts = GetOptions::new().with_range(end).with_limit(limit);
         if revision > 0 {
             opts = opts.with_revision(revision);
         }
-        let resp = self.timed(kv.get(start, Some(opts))).await?;
+        let resp = self.read(start, Some(opts)).await?;
         let rev = if revision > 0 { revision } else { resp.header().map(|h| h.revision()).unwrap_or(0) };
         let items: Vec<(String, Vec<u8>, i64)> =
             resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec(), kv.mod_revision())).collect();
@@ -171,26 +192,24 @@ impl Store {
                 return Ok(id);
             }
         }
-        let mut lc = self.client.lease_client();
-        let resp = self.timed(lc.grant(ttl + LEASE_REUSE.as_secs() as i64, None)).await?;
+        // An extra lease, should a grant that timed out have happened, expires harmlessly.
+        let resp = self.run(Kind::Read, |c| async move { c.lease_client().grant(ttl + LEASE_REUSE.as_secs() as i64, None).await }).await?;
         *cached = Some((resp.id(), ttl, std::time::Instant::now()));
         Ok(resp.id())
     }
 
     /// etcd's current revision.
     pub async fn current_revision(&self) -> Result<i64, ApiError> {
-        let mut kv = self.kv();
         let opts = GetOptions::new().with_keys_only().with_limit(1);
-        let resp = self.timed(kv.get("/registry/", Some(opts))).await?;
+        let resp = self.read("/registry/", Some(opts)).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// Fails with 410 Gone when `revision` has been compacted away, so a watch from it
     /// would miss events.
     pub async fn check_revision(&self, revision: i64) -> Result<(), ApiError> {
-        let mut kv = self.kv();
         let opts = GetOptions::new().with_revision(revision).with_keys_only().with_limit(1);
-        self.timed(kv.get("/registry/", Some(opts))).await.map(|_| ())
+        self.read("/registry/", Some(opts)).await.map(|_| ())
     }
 
     /// Run the operations if every precondition holds, all or nothing.
@@ -215,8 +234,11 @@ impl Store {
         // On failure, read the keys back to learn which precondition failed.
         let otherwise: Vec<TxnOp> = expects.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
-        let mut kv = self.kv();
-        let resp = self.timed_write(kv.txn(txn)).await?;
+        let resp = self.run(Kind::Write, |c| {
+            let txn = txn.clone();
+            async move { Self::kv(&c).txn(txn).await }
+        })
+        .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
             return Ok(Committed::Ok(rev));
@@ -241,8 +263,7 @@ impl Store {
 
     /// The raw value of a key (used to name who holds a claim).
     pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, ApiError> {
-        let mut kv = self.kv();
-        let resp = self.timed(kv.get(key, None)).await?;
+        let resp = self.read(key, None).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -253,9 +274,13 @@ impl Store {
         prefix: &str,
         start_revision: i64,
     ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
-        let mut wc = self.client.watch_client().max_decoding_message_size(MAX_RESPONSE);
         let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision);
-        let (watcher, stream) = self.timed(wc.watch(prefix, Some(opts))).await?;
+        let (watcher, stream) = self
+            .run(Kind::Read, |c| {
+                let opts = opts.clone();
+                async move { c.watch_client().max_decoding_message_size(MAX_RESPONSE).watch(prefix, Some(opts)).await }
+            })
+            .await?;
         Ok(futures::stream::unfold((watcher, stream, false), |(watcher, mut stream, done)| async move {
             if done {
                 return None;
