@@ -29,7 +29,9 @@ pub fn router(state: DebugState, streaming: Option<crate::streaming::Streaming>)
 /// [`router`], answering only requests that [`crate::auth::Token`] lets through. Serve it
 /// with `into_make_service_with_connect_info::<SocketAddr>()` so it knows who asks.
 pub fn router_with(state: DebugState, streaming: Option<crate::streaming::Streaming>, token: crate::auth::Token) -> Router {
-    let r = Router::new().route("/healthz", get(|| async { "ok" })).route("/debug/proxy", get(proxy))
+    let r = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/debug/proxy", get(proxy))
         .route("/debug/proxy/history", get(history))
         .with_state(state);
     let r = match streaming {

@@ -49,7 +49,7 @@ async fn pods_cannot_open_a_denied_port_but_replies_from_it_pass() {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let sock = tokio::net::TcpSocket::new_v4().unwrap();
-                                sock.bind("10.99.0.2:10250".parse().unwrap()).unwrap();
+                sock.bind("10.99.0.2:10250".parse().unwrap()).unwrap();
                 let mut s = tokio::time::timeout(Duration::from_secs(3), sock.connect(target)).await.expect("SYN-ACK dropped").unwrap();
                 let mut buf = String::new();
                 tokio::io::AsyncReadExt::read_to_string(&mut s, &mut buf).await.unwrap();
@@ -67,7 +67,8 @@ async fn pods_cannot_open_a_denied_port_but_replies_from_it_pass() {
         .unwrap();
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
     // ... while the same port from outside the pod network is open.
-    let mut s = lab.node.run(|| TcpStream::connect_timeout(&"10.99.0.2:10255".parse().unwrap(), Duration::from_secs(3))).join().unwrap().unwrap();
+    let mut s =
+        lab.node.run(|| TcpStream::connect_timeout(&"10.99.0.2:10255".parse().unwrap(), Duration::from_secs(3))).join().unwrap().unwrap();
     let mut who = String::new();
     s.read_to_string(&mut who).unwrap();
     assert_eq!(who, "agent");

@@ -55,9 +55,7 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         state_dir: state.path().to_path_buf(),
         logs_dir: state.path().join("logs"),
     };
-    tokio::spawn(async move {
-        axum::serve(listener, agent::debug::router(agent::debug::DebugState::default(), Some(streaming))).await
-    });
+    tokio::spawn(async move { axum::serve(listener, agent::debug::router(agent::debug::DebugState::default(), Some(streaming))).await });
     let cfg = kubelet::Config {
         node_name: "pnode".into(),
         node_ip: "127.0.0.1".parse().unwrap(),

@@ -231,7 +231,9 @@ async fn reaches_every_backend(mode: Mode) {
     assert!(last.changes.iter().any(|c| c.starts_with("default/web:") && c.ends_with(&format!("endpoint {be3} removed"))), "{last:?}");
     let dnat = last.removed.iter().find(|l| l.contains(&be3) && l.contains("to")).expect("a DNAT line removed");
     assert!(!rules(&lab, mode).contains(&be3), "{dnat} is still loaded");
-    let be1_dnat = |l: &&String| l.contains(&format!("to-destination {}:8080", Lab::backend_ip(0))) || l.contains(&format!("dnat to {}:8080", Lab::backend_ip(0)));
+    let be1_dnat = |l: &&String| {
+        l.contains(&format!("to-destination {}:8080", Lab::backend_ip(0))) || l.contains(&format!("dnat to {}:8080", Lab::backend_ip(0)))
+    };
     assert!(!last.removed.iter().chain(&last.added).any(|l| be1_dnat(&l)), "be1's chain is unchanged: {last:?}");
     assert_eq!(kept.len(), 2, "one record per sync: {kept:?}");
 

@@ -37,6 +37,9 @@ pub struct Members {
 impl Members {
     /// A lazy client per endpoint: none needs to answer yet.
     pub async fn connect(endpoints: &[String], opts: ConnectOptions) -> Result<Members, etcd_client::Error> {
+        if endpoints.is_empty() {
+            return Err(etcd_client::Error::InvalidArgs("no etcd endpoint given (--etcd-servers)".into()));
+        }
         let mut clients = vec![];
         for e in endpoints {
             clients.push((e.clone(), Client::connect([e.as_str()], Some(opts.clone())).await?));
@@ -44,7 +47,8 @@ impl Members {
         Ok(Members { clients: Arc::new(clients), pinned: Arc::default() })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many members there are (at least one: [`Members::connect`] refuses none).
+    pub fn count(&self) -> usize {
         self.clients.len()
     }
 

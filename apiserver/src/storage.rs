@@ -100,11 +100,11 @@ impl Store {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for attempt in 1..=self.members.len() {
+        for attempt in 1..=self.members.count() {
             let (i, client) = self.members.pinned();
             match tokio::time::timeout_at(deadline, op(client)).await {
                 Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) if attempt < self.members.len() && fail_over(&e, kind) => self.members.failed(i, &e),
+                Ok(Err(e)) if attempt < self.members.count() && fail_over(&e, kind) => self.members.failed(i, &e),
                 Ok(Err(e)) => {
                     if fail_over(&e, Kind::Read) {
                         self.members.failed(i, &e); // the next request starts elsewhere
@@ -234,11 +234,12 @@ impl Store {
         // On failure, read the keys back to learn which precondition failed.
         let otherwise: Vec<TxnOp> = expects.iter().map(|(k, _)| TxnOp::get(k.as_str(), None)).collect();
         let txn = Txn::new().when(compares).and_then(then).or_else(otherwise);
-        let resp = self.run(Kind::Write, |c| {
-            let txn = txn.clone();
-            async move { Self::kv(&c).txn(txn).await }
-        })
-        .await?;
+        let resp = self
+            .run(Kind::Write, |c| {
+                let txn = txn.clone();
+                async move { Self::kv(&c).txn(txn).await }
+            })
+            .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
             return Ok(Committed::Ok(rev));

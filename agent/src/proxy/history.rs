@@ -27,7 +27,7 @@ pub struct SyncRecord {
     pub full: bool,
     /// What set it off, in the order it arrived.
     pub triggers: Vec<String>,
-    /// What changed about each service port ([`pkg::proxy::history::port_changes`]).
+    /// What changed about each service port ([`pkg::proxy::history::summarize`]).
     pub changes: Vec<String>,
     /// Rule lines added and removed (at most [`MAX_LINES`] each; the totals say how many).
     pub added: Vec<String>,

@@ -150,8 +150,7 @@ impl Proxier {
             Engine::Iptables(_) => pkg::proxy::history::Lines::Iptables,
             Engine::Nftables(_) => pkg::proxy::history::Lines::Nftables,
         };
-        let diff = pkg::proxy::history::rule_diff(&self.last_ports, &ports, &self.cluster_cidr, lines);
-        let changes = pkg::proxy::history::port_changes(&self.last_ports, &ports);
+        let (changes, diff) = pkg::proxy::history::summarize(&self.last_ports, &ports, &self.cluster_cidr, lines);
         let result = self.try_sync(ports, full).await;
         let millis = start.elapsed().as_secs_f64() * 1000.0;
         self.count(&result, full, millis);

@@ -4,7 +4,7 @@
 //! A learner scales a Deployment and wants to see which rules appear. Diffing whole
 //! rulesets would cost what the largest one costs on every sync; instead only the service
 //! ports that differ between two syncs are rendered again, old and new, and their lines
-//! compared ([`rule_diff`]). What changed about each port, in words ([`port_changes`]):
+//! compared; and what changed about each port is said in words ([`summarize`]):
 //! "default/whoami:http: endpoint 10.244.1.5:8080 removed".
 //!
 //! The lines are those the renderers write: in iptables mode the `-A` rules of a service
@@ -58,14 +58,18 @@ fn differing<'a>(old: &'a Ports, new: &'a Ports) -> BTreeSet<&'a (String, String
     changed.chain(old.keys().filter(|k| !new.contains_key(*k))).collect()
 }
 
-/// The lines that differ between the rulesets of `old` and `new`, rendering only the
-/// ports that differ.
-pub fn rule_diff(old: &Ports, new: &Ports, cluster_cidr: &str, lines: Lines) -> RuleDiff {
-    let render = |ports: &Ports, k: &(String, String)| -> Vec<String> {
-        ports.get(k).map(|sp| lines.of(sp, cluster_cidr)).unwrap_or_default()
-    };
+/// What a sync from `old` to `new` changes: a sentence per port that differs, and the
+/// rule lines that differ between the two rulesets (rendering only those ports).
+pub fn summarize(old: &Ports, new: &Ports, cluster_cidr: &str, lines: Lines) -> (Vec<String>, RuleDiff) {
+    let keys = differing(old, new);
+    (describe(old, new, &keys), lines_between(old, new, &keys, cluster_cidr, lines))
+}
+
+fn lines_between(old: &Ports, new: &Ports, keys: &BTreeSet<&(String, String)>, cluster_cidr: &str, lines: Lines) -> RuleDiff {
+    let render =
+        |ports: &Ports, k: &(String, String)| -> Vec<String> { ports.get(k).map(|sp| lines.of(sp, cluster_cidr)).unwrap_or_default() };
     let (mut before, mut after) = (BTreeSet::new(), BTreeSet::new());
-    for k in differing(old, new) {
+    for k in keys {
         before.extend(render(old, k));
         after.extend(render(new, k));
     }
@@ -78,9 +82,9 @@ fn endpoint_words(list: &[(String, u16)]) -> BTreeSet<String> {
 
 /// One sentence per port that differs: added, removed, or what about it changed
 /// (endpoints in and out, its local endpoints, its addresses and policies).
-pub fn port_changes(old: &Ports, new: &Ports) -> Vec<String> {
+fn describe(old: &Ports, new: &Ports, keys: &BTreeSet<&(String, String)>) -> Vec<String> {
     let mut out = vec![];
-    for k in differing(old, new) {
+    for &k in keys {
         let (Some(a), Some(b)) = (old.get(k), new.get(k)) else {
             let (sp, verb) = old.get(k).map_or_else(|| (&new[k], "added"), |sp| (sp, "removed"));
             out.push(format!("{} ({}): service port {verb}, {} endpoint(s)", sp.name, sp.protocol, sp.endpoints.len()));
@@ -118,6 +122,14 @@ mod tests {
             endpoints: endpoints.iter().map(|(ip, p)| (ip.to_string(), *p)).collect(),
             ..Default::default()
         }
+    }
+
+    fn rule_diff(old: &Ports, new: &Ports, cidr: &str, lines: Lines) -> RuleDiff {
+        summarize(old, new, cidr, lines).1
+    }
+
+    fn port_changes(old: &Ports, new: &Ports) -> Vec<String> {
+        summarize(old, new, "10.244.0.0/16", Lines::Iptables).0
     }
 
     fn ports(list: Vec<ServicePort>) -> Ports {
