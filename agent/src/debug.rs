@@ -3,7 +3,11 @@
 //! through the apiserver), `/debug/proxy`, which shows the proxy's last ruleset and sync
 //! statistics so a learner can compare them with `iptables-save -t nat`, and
 //! `/debug/proxy/history` ([`crate::proxy::history`]): the last 100 syncs, what set each
-//! off and the rule lines it added and removed; `?watch=true` streams new ones.
+//! off and the rule lines it added and removed; `?watch=true` streams new ones; and
+//! `/debug/explain?src=IP&dst=IP&port=N[&proto=tcp][&format=text]`
+//! ([`crate::proxy::explain`]): where a connection's first packet goes on this node, from
+//! the rules the kernel holds now, every endpoint with its probability; and
+//! `/debug/network` ([`crate::network_view`]): the bridge, its veths and their pods.
 
 use crate::proxy::history::History;
 use crate::proxy::Stats;
@@ -18,6 +22,8 @@ use std::sync::{Arc, Mutex};
 pub struct DebugState {
     pub proxy: Arc<Mutex<Stats>>,
     pub history: Arc<History>,
+    /// Where `iptables-save`, `nft` and `ip` run for `/debug/explain` (this namespace).
+    pub runner: crate::proxy::iptables::Runner,
 }
 
 /// The agent's port: health and debug pages, and (on a node that runs pods) the logs,
@@ -33,6 +39,8 @@ pub fn router_with(state: DebugState, streaming: Option<crate::streaming::Stream
         .route("/healthz", get(|| async { "ok" }))
         .route("/debug/proxy", get(proxy))
         .route("/debug/proxy/history", get(history))
+        .route("/debug/explain", get(explain))
+        .route("/debug/network", get(network))
         .with_state(state);
     let r = match streaming {
         Some(s) => r.merge(crate::streaming::router(s)),
@@ -67,4 +75,34 @@ async fn history(State(s): State<DebugState>, Query(q): Query<HashMap<String, St
         Some((Ok::<_, std::convert::Infallible>(format!("{line}\n")), rx))
     });
     ([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(lines)).into_response()
+}
+
+/// The explanation as JSON, or in words with `?format=text`; a `400` Status naming each
+/// bad parameter.
+async fn explain(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    use axum::http::StatusCode;
+    use pkg::api::status::StatusExt;
+    let status =
+        |st: pkg::api::Status| (StatusCode::from_u16(st.code()).unwrap_or(StatusCode::BAD_REQUEST), axum::Json(st)).into_response();
+    let packet = match pkg::explain::query::packet(&q) {
+        Ok(p) => p,
+        Err(st) => return status(*st),
+    };
+    match crate::proxy::explain::explain(&s.runner, &packet).await {
+        Ok(e) if q.get("format").map(String::as_str) == Some("text") => e.text().into_response(),
+        Ok(e) => axum::Json(e).into_response(),
+        Err(e) => status(pkg::api::Status::failure(500, "InternalError", e.to_string())),
+    }
+}
+
+/// The pod network as the kernel holds it (for the topology page).
+async fn network(State(s): State<DebugState>) -> Response {
+    use pkg::api::status::StatusExt;
+    match crate::network_view::read(&s.runner).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => {
+            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(pkg::api::Status::failure(500, "InternalError", e.to_string())))
+                .into_response()
+        }
+    }
 }

@@ -7,12 +7,14 @@
 //! - [`kubelet`]: the node and its pods (the sync loop);
 //! - [`runtime`]: containerd over gRPC (images, snapshots, containers, tasks);
 //! - [`registry`]: pulling images over the OCI distribution protocol;
-//! - [`network`]: bridge, veth, netns and addresses through rtnetlink;
+//! - [`network`]: bridge, veth, netns and addresses through rtnetlink; [`network_view`]: the
+//!   same read back from the kernel (`/debug/network`);
 //! - [`proxy`]: kube-proxy, iptables mode (KUBE-SERVICES down to KUBE-SEP-*) or nftables
 //!   mode (one `ip ownkube` table with verdict maps), from EndpointSlices;
 //! - [`exec`]: running a command in a container (`kubectl exec`) through containerd;
 //! - [`streaming`]: the node API the apiserver reaches: logs, exec, attach, port-forward;
-//! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, and the node API);
+//! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, `/debug/explain`,
+//!   `/debug/network`, and the node API);
 //! - [`auth`]: only the apiserver (its token) or the node itself may use that port;
 //! - [`firewall`]: what pods may not reach (etcd, the agents' port).
 
@@ -23,6 +25,7 @@ pub mod exec;
 pub mod firewall;
 pub mod kubelet;
 pub mod network;
+pub mod network_view;
 pub mod proxy;
 pub mod registry;
 pub mod runtime;

@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = Client::new(&flags.apiserver);
     let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode).on_node(&flags.node_name);
-    let state = agent::debug::DebugState { proxy: proxier.stats.clone(), history: proxier.history.clone() };
+    let state = agent::debug::DebugState { proxy: proxier.stats.clone(), history: proxier.history.clone(), runner: Runner::default() };
     tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, proxy_mode = ?flags.proxy_mode, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
     let streaming = agent::streaming::Streaming {

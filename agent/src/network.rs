@@ -12,7 +12,7 @@
 use futures::TryStreamExt;
 use pkg::alloc::Cidr;
 use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -155,8 +155,10 @@ pub async fn attach_pod(h: &Handle, netns_name: &str, netns: &Path, pod_cidr: Ci
     }
     let host_idx = link_index(h, &host).await?.ok_or_else(|| anyhow::anyhow!("host veth missing"))?;
     h.link().set(LinkUnspec::new_with_index(host_idx).controller(bridge).up().build()).execute().await?;
-    // Hairpin: let a pod reach itself through a service (its packet leaves and comes back on the same port).
-    let _ = std::fs::write(format!("/sys/class/net/{host}/brport/hairpin_mode"), "1");
+    // Hairpin: let a pod reach itself through a service (its packet leaves and comes back
+    // on the same port). By netlink, not /sys/class/net/*/brport/hairpin_mode: /sys is
+    // read-only in a container (the lab's nodes), and that write failed there unseen.
+    h.link().set_port(LinkBridgePort::new(host_idx).hairpin(true).build()).execute().await?;
     let eth0 = link_index(&pod, "eth0").await?.ok_or_else(|| anyhow::anyhow!("eth0 missing"))?;
     ensure_addr(&pod, eth0, ip, pod_cidr.prefix).await?;
     pod.link().set(LinkUnspec::new_with_index(eth0).up().build()).execute().await?;

@@ -13,62 +13,13 @@ use netns::*;
 use pkg::api::{EndpointSlice, Endpoints, Service};
 use serde_json::json;
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
-
-/// Each backend answers TCP on 8080 and UDP on 5353 with its own name, and TCP on 8081
-/// with its name and the address the connection came from.
-fn serve_backends(lab: &Lab) {
-    for (i, b) in lab.backends.iter().enumerate() {
-        let name = format!("be{}", i + 1);
-        let (n2, n3) = (name.clone(), name.clone());
-        let ready = std::sync::Arc::new(std::sync::Barrier::new(4));
-        let (r1, r2, r3) = (ready.clone(), ready.clone(), ready.clone());
-        b.run(move || {
-            let l = TcpListener::bind("0.0.0.0:8080").unwrap();
-            r1.wait();
-            for mut s in l.incoming().flatten() {
-                let _ = s.write_all(name.as_bytes());
-            }
-        });
-        b.run(move || {
-            let l = TcpListener::bind("0.0.0.0:8081").unwrap();
-            r3.wait();
-            for mut s in l.incoming().flatten() {
-                let from = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-                let _ = s.write_all(format!("{n3} {from}").as_bytes());
-            }
-        });
-        b.run(move || {
-            let u = UdpSocket::bind("0.0.0.0:5353").unwrap();
-            r2.wait();
-            let mut buf = [0u8; 64];
-            while let Ok((_, from)) = u.recv_from(&mut buf) {
-                let _ = u.send_to(n2.as_bytes(), from);
-            }
-        });
-        ready.wait();
-    }
-}
 
 /// `n` TCP connections from the client namespace; who answered, how often.
 fn tcp_hits(lab: &Lab, target: &str, n: usize) -> HashMap<String, usize> {
-    let target: SocketAddr = target.parse().unwrap();
-    lab.client
-        .run(move || {
-            let mut hits = HashMap::new();
-            for _ in 0..n {
-                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).expect("connect through the service");
-                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                let mut who = String::new();
-                s.read_to_string(&mut who).unwrap();
-                *hits.entry(who).or_insert(0) += 1;
-            }
-            hits
-        })
-        .join()
-        .unwrap()
+    hits(&lab.client, target, n)
 }
 
 fn svc(name: &str, ip: &str, ports: serde_json::Value, ty: &str) -> Service {

@@ -8,7 +8,7 @@ mod netns;
 use agent::network::{self, Ipam};
 use agent::runtime::{self, PodFiles, TaskState};
 use containerd::*;
-use netns::Netns;
+use netns::{exec, Netns};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -67,6 +67,13 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
         let io = agent::runtime::Stdio { stdout: out.clone(), stderr: out, ..Default::default() };
         rt.start_task(&id, &io).await.unwrap();
         pods.push((name, ns_name, ip, id, log));
+    }
+    // Each pod's bridge port has hairpin on, set by netlink (a pod reaching itself
+    // through a Service: its packet goes back out of the port it came in by).
+    for (_, ns_name, ..) in &pods {
+        let (ok, out) = exec(&node.name, &["ip", "-d", "-j", "link", "show", &network::host_veth(ns_name)]);
+        let link: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        assert!(ok && link[0]["linkinfo"]["info_slave_data"]["hairpin"] == true, "hairpin off: {out}");
     }
     // Each pod answers on its own address, from the node and from the other pod's network.
     for (name, _, ip, id, _) in &pods {

@@ -13,6 +13,8 @@
 //!   [`protobuf`]: request bodies in Kubernetes' protobuf (kubectl 1.32+ sends them);
 //! - [`objects`] and [`registry`]: generic create/get/list/update/delete, per-kind rules and
 //!   the ClusterIP, NodePort and pod-CIDR allocators, each write one etcd transaction;
+//! - [`ui`]: `/ui/`, a live topology page (static files in the binary) that lists and watches
+//!   like any client;
 //! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory),
 //!   through [`members`]: one client per etcd member, moving to the next when one is down;
@@ -40,6 +42,7 @@ pub mod routes;
 pub mod scale;
 pub mod storage;
 pub mod streams;
+pub mod ui;
 pub mod watch;
 
 use pkg::alloc::{Cidr, PortRange};

@@ -84,6 +84,8 @@ pub fn router(api: Api) -> Router {
             "/openapi/v3/apis/{group}/{version}",
             get(|Path((g, v)): Path<(String, String)>| async move { openapi::serve(&format!("apis/{g}/{v}")) }),
         );
+    // The topology page: static files, then the same API as any client.
+    r = r.merge(crate::ui::router());
     r = r.route(
         "/api/v1/nodes/{name}/proxy/{*path}",
         get(|State(api): State<Api>, Path((name, path)): Path<(String, String)>, RawQuery(q): RawQuery| async move {

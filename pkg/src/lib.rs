@@ -13,6 +13,7 @@
 //! - [`kubelet`]: the kubelet's decisions (phase, conditions, restarts, back-off, probes, env,
 //!   volumes, resources, CRI logs, the node Lease), as pure functions;
 //! - [`endpointslice`]: the EndpointSlices of a service (ready, serving, terminating) and how to converge them;
+//! - [`explain`]: a packet's path through the node's rules as read back from the kernel (iptables-save, nft -j), every endpoint with its probability;
 //! - [`events`]: Events about an object, and how repeats are counted up (the event correlator);
 //! - [`deletion`]: what a DELETE does (at once, or marked while finalizers remain);
 //! - [`workloads`]: the ReplicaSet, Deployment and garbage-collector decisions;
@@ -24,6 +25,7 @@ pub mod deletion;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
+pub mod explain;
 pub mod kubelet;
 pub mod managedfields;
 pub mod patch;

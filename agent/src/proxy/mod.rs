@@ -10,6 +10,7 @@
 //! services that changed. Rules not named KUBE-* are never touched, and the rules stay
 //! in the kernel while the agent is down.
 
+pub mod explain;
 pub mod healthcheck;
 pub mod history;
 pub mod iptables;
