@@ -80,10 +80,6 @@ async fn history(State(s): State<DebugState>, Query(q): Query<HashMap<String, St
 /// The explanation as JSON, or in words with `?format=text`; a `400` Status naming each
 /// bad parameter.
 async fn explain(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    use axum::http::StatusCode;
-    use pkg::api::status::StatusExt;
-    let status =
-        |st: pkg::api::Status| (StatusCode::from_u16(st.code()).unwrap_or(StatusCode::BAD_REQUEST), axum::Json(st)).into_response();
     let packet = match pkg::explain::query::packet(&q) {
         Ok(p) => p,
         Err(st) => return status(*st),
@@ -91,18 +87,26 @@ async fn explain(State(s): State<DebugState>, Query(q): Query<HashMap<String, St
     match crate::proxy::explain::explain(&s.runner, &packet).await {
         Ok(e) if q.get("format").map(String::as_str) == Some("text") => e.text().into_response(),
         Ok(e) => axum::Json(e).into_response(),
-        Err(e) => status(pkg::api::Status::failure(500, "InternalError", e.to_string())),
+        Err(e) => internal(e),
     }
 }
 
 /// The pod network as the kernel holds it (for the topology page).
 async fn network(State(s): State<DebugState>) -> Response {
-    use pkg::api::status::StatusExt;
     match crate::network_view::read(&s.runner).await {
         Ok(v) => axum::Json(v).into_response(),
-        Err(e) => {
-            (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(pkg::api::Status::failure(500, "InternalError", e.to_string())))
-                .into_response()
-        }
+        Err(e) => internal(e),
     }
+}
+
+/// A Status as the answer, with its code as the HTTP status.
+fn status(st: pkg::api::Status) -> Response {
+    use pkg::api::status::StatusExt;
+    (axum::http::StatusCode::from_u16(st.code()).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR), axum::Json(st)).into_response()
+}
+
+/// `500 InternalError`: the kernel's state could not be read.
+fn internal(e: impl std::fmt::Display) -> Response {
+    use pkg::api::status::StatusExt;
+    status(pkg::api::Status::failure(500, "InternalError", e.to_string()))
 }

@@ -179,7 +179,7 @@ impl Walk<'_> {
                 taken.probability *= p;
                 record(&mut taken, table, chain, &rule.text, format!("probability {p:.4}: taken"));
             }
-            let results = match self.act((table, chain, rule.text.as_str()), i, &mut taken, &rule.action, depth) {
+            let results = match self.act((table, chain, rule.text.as_str()), i, taken, &rule.action, depth) {
                 Next::Continue(g) if chance.is_none() => {
                     f = g;
                     continue;
@@ -198,10 +198,10 @@ impl Walk<'_> {
     }
 
     /// Do what a matching rule says. `Continue` carries the packet on to the next rule.
-    fn act(&self, (table, chain, text): (&str, &str, &str), i: usize, f: &mut Flow, a: &Action, depth: usize) -> Next {
+    fn act(&self, (table, chain, text): (&str, &str, &str), i: usize, mut f: Flow, a: &Action, depth: usize) -> Next {
         let step = |f: &mut Flow, effect: String| record(f, table, chain, text, effect);
         match a {
-            Action::Continue => Next::Continue(f.clone()),
+            Action::Continue => Next::Continue(f),
             Action::Mark { value, mask } => {
                 let new = (f.mark & !mask) ^ value;
                 if new & !f.mark != 0 {
@@ -209,22 +209,23 @@ impl Walk<'_> {
                     let why = f.steps.last().filter(|s| s.effect.ends_with(&format!("jump {chain}")));
                     f.marked_by.push(why.map(|s| format!("{}: {}", s.chain, s.rule)).unwrap_or_else(|| format!("{chain}: {text}")));
                 }
-                step(f, format!("mark {:#x} -> {new:#x}", f.mark));
+                let effect = format!("mark {:#x} -> {new:#x}", f.mark);
+                step(&mut f, effect);
                 f.mark = new;
-                Next::Continue(f.clone())
+                Next::Continue(f)
             }
             Action::Jump(target) | Action::Goto(target) => {
                 let goto = matches!(a, Action::Goto(_));
-                step(f, format!("{} {target}", if goto { "goto" } else { "jump" }));
-                let sub = self.run(table, target, 0, f.clone(), depth + 1);
+                step(&mut f, format!("{} {target}", if goto { "goto" } else { "jump" }));
+                let sub = self.run(table, target, 0, f, depth + 1);
                 if goto {
                     return Next::Done(sub);
                 }
                 Next::Done(sub.into_iter().flat_map(|(g, e)| self.resume(table, chain, i, g, e, depth)).collect())
             }
             Action::Return => {
-                step(f, "return".into());
-                Next::Done(vec![(f.clone(), Exit::Return)])
+                step(&mut f, "return".into());
+                Next::Done(vec![(f, Exit::Return)])
             }
             Action::Accept | Action::Drop | Action::Reject => {
                 let (word, exit) = match a {
@@ -232,8 +233,8 @@ impl Walk<'_> {
                     Action::Drop => ("drop", Exit::Drop),
                     _ => ("reject", Exit::Reject),
                 };
-                step(f, word.into());
-                Next::Done(vec![(f.clone(), exit)])
+                step(&mut f, word.into());
+                Next::Done(vec![(f, exit)])
             }
             Action::Dnat(..) | Action::Snat(_) | Action::Masquerade => self.nat(step, f, a),
             Action::Vmap { key, map } => self.vmap((table, chain, text), i, f, key, map, depth),
@@ -244,7 +245,7 @@ impl Walk<'_> {
                     let mut g = f.clone();
                     g.probability /= n;
                     step(&mut g, format!("random number {k} of 0..{}", arms.len()));
-                    match self.act((table, chain, text), i, &mut g, arm, depth) {
+                    match self.act((table, chain, text), i, g, arm, depth) {
                         Next::Continue(h) => out.extend(self.run(table, chain, i + 1, h, depth)),
                         Next::Done(r) => out.extend(r),
                     }
@@ -262,27 +263,28 @@ impl Walk<'_> {
         }
     }
 
-    fn nat(&self, step: impl Fn(&mut Flow, String), f: &mut Flow, a: &Action) -> Next {
+    fn nat(&self, step: impl Fn(&mut Flow, String), mut f: Flow, a: &Action) -> Next {
         match a {
             Action::Dnat(ip, port) => {
-                step(f, format!("dnat to {ip}:{}", port.unwrap_or(f.dport)));
+                let effect = format!("dnat to {ip}:{}", port.unwrap_or(f.dport));
+                step(&mut f, effect);
                 f.dst = *ip;
                 f.dport = port.unwrap_or(f.dport);
                 f.dnat = true;
             }
             Action::Snat(ip) => {
-                step(f, format!("snat to {ip}"));
+                step(&mut f, format!("snat to {ip}"));
                 f.snat = Some(*ip);
             }
             _ => {
-                step(f, "masquerade".into());
+                step(&mut f, "masquerade".into());
                 f.masquerade = true;
             }
         }
-        Next::Done(vec![(f.clone(), Exit::Nat)])
+        Next::Done(vec![(f, Exit::Nat)])
     }
 
-    fn vmap(&self, label: (&str, &str, &str), i: usize, f: &mut Flow, key: &[Field], map: &str, depth: usize) -> Next {
+    fn vmap(&self, label: (&str, &str, &str), i: usize, mut f: Flow, key: &[Field], map: &str, depth: usize) -> Next {
         let values: Vec<String> = key
             .iter()
             .map(|k| match k {
@@ -294,9 +296,9 @@ impl Walk<'_> {
             .collect();
         let elems = self.rules.maps.get(&(label.0.to_string(), map.to_string()));
         let Some((_, verdict)) = elems.and_then(|e| e.iter().find(|(k, _)| *k == values)) else {
-            return Next::Continue(f.clone());
+            return Next::Continue(f);
         };
-        record(f, label.0, label.1, label.2, format!("@{map} has {}", values.join(" . ")));
+        record(&mut f, label.0, label.1, label.2, format!("@{map} has {}", values.join(" . ")));
         self.act(label, i, f, verdict, depth)
     }
 
