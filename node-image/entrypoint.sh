@@ -35,9 +35,24 @@ until [ -S /run/containerd/containerd.sock ]; do
   sleep 0.1
 done
 
+# The agent, with its flags; a mode in /var/lib/ownkube/proxy-mode (written by
+# `scripts/lab proxy-mode NODE MODE`, like editing kube-proxy's configuration file)
+# replaces the --proxy-mode flag's value at each start.
+agent_with_mode() {
+  mode=$(cat /var/lib/ownkube/proxy-mode 2>/dev/null || true)
+  n=$# next=
+  for a in "$@"; do
+    if [ -n "$next" ]; then a=$mode next=; fi
+    if [ "$a" = --proxy-mode ] && [ -n "$mode" ]; then next=1; fi
+    set -- "$@" "$a"
+  done
+  shift "$n"
+  exec agent "$@"
+}
+
 trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM INT
 while true; do
-  agent "$@" >>/var/log/ownkube/agent.log 2>&1 &
+  ( agent_with_mode "$@" ) >>/var/log/ownkube/agent.log 2>&1 &
   wait $! || true
   echo "$(date -Is) agent exited; starting it again" >>/var/log/ownkube/agent.log
   sleep 1

@@ -240,6 +240,43 @@ async fn reaches_every_backend(mode: Mode) {
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
 }
 
+/// A node switched from one mode to the other (a restarted agent with another
+/// `--proxy-mode`): the new mode's first sync takes the old mode's rules away — every
+/// KUBE-* chain and jump, or the `ip ownkube` table — and the Service still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_modes_leaves_only_the_new_modes_rules() {
+    let lab = Lab::new(2);
+    serve_backends(&lab);
+    let node = lab.node.name.clone();
+    let tcp = json!([{"port": 80, "targetPort": 8080, "nodePort": 30001, "protocol": "TCP"}]);
+    let world = World {
+        services: vec![svc("web", "10.96.0.50", tcp, "NodePort")],
+        endpoints: vec![eps("web", &[0, 1], json!([{"port": 8080, "protocol": "TCP"}]))],
+    };
+    let kube_lines = || {
+        let all = format!("{}\n{}", save(&lab, "nat"), save(&lab, "filter"));
+        all.lines().filter(|l| l.contains("KUBE-")).map(String::from).collect::<Vec<_>>()
+    };
+    let has_table = || exec(&node, &["nft", "list", "table", "ip", "ownkube"]).0;
+    for (mode, from) in [(Mode::Iptables, "start"), (Mode::Nftables, "iptables"), (Mode::Iptables, "nftables")] {
+        let mut proxier = Proxier::with_mode(Runner::in_netns(&node), "10.244.0.0/16", mode);
+        proxier.prepare_host().await;
+        world.sync(&mut proxier).await;
+        let hits = tcp_hits(&lab, "10.96.0.50:80", 60);
+        assert_eq!(hits.len(), 2, "{mode:?} after {from}: {hits:?}");
+        match mode {
+            Mode::Iptables => {
+                assert!(!has_table(), "iptables after {from}: the nftables table is gone");
+                assert!(kube_lines().iter().any(|l| l.starts_with("-A KUBE-SVC-")), "iptables rules written");
+            }
+            Mode::Nftables => {
+                assert!(has_table(), "nftables table written");
+                assert_eq!(kube_lines(), Vec::<String>::new(), "nftables after {from}: no KUBE-* chain or jump is left");
+            }
+        }
+    }
+}
+
 /// A connection attempt from the client that must fail: how it failed.
 fn connect_error(lab: &Lab, target: &str) -> ErrorKind {
     let target: SocketAddr = target.parse().unwrap();

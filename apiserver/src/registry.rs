@@ -149,6 +149,10 @@ impl Strategy for Pod {
             for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
                 c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
                 c.termination_message_policy.get_or_insert_with(|| "File".into());
+                // Go's ResourceRequirements is a struct, not a pointer: kubectl always
+                // sends `resources: {}`, so store it that way whatever the client sent
+                // (else `rollout undo` would see a template that differs from its own).
+                c.resources.get_or_insert_with(Default::default);
                 let latest =
                     c.image.as_deref().is_some_and(|i| !i.rsplit('/').next().unwrap_or("").contains(':') || i.ends_with(":latest"));
                 c.image_pull_policy.get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.into());
@@ -736,5 +740,31 @@ impl Strategy for ReplicaSet {
     }
     fn set_replicas(&mut self, replicas: i32) {
         self.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template written without `resources` (YAML) and the same one as kubectl sends it
+    /// back in `rollout undo` (`resources: {}`) are the same version once defaulted.
+    #[test]
+    fn defaulted_templates_do_not_depend_on_empty_resources() {
+        let template = |resources: serde_json::Value| {
+            let mut c = serde_json::json!({"name": "web", "image": "whoami:v1"});
+            if !resources.is_null() {
+                c["resources"] = resources;
+            }
+            let mut t: PodTemplateSpec = serde_json::from_value(serde_json::json!({"spec": {"containers": [c]}})).unwrap();
+            default_template(&mut t);
+            t
+        };
+        let (from_yaml, from_kubectl) = (template(serde_json::Value::Null), template(serde_json::json!({})));
+        assert!(pkg::workloads::deployment::same_template(&from_yaml, &from_kubectl));
+        let mut limited = template(serde_json::json!({"limits": {"memory": "64Mi"}}));
+        assert!(!pkg::workloads::deployment::same_template(&from_yaml, &limited));
+        default_template(&mut limited);
+        assert_eq!(limited.spec.unwrap().containers[0].resources.as_ref().unwrap().limits.as_ref().unwrap().len(), 1, "kept");
     }
 }

@@ -106,15 +106,16 @@ impl Runner {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Remove the jumps into the KUBE-* chains from the built-in chains (what the
-    /// nftables mode does at start, so that a node switched from iptables is not
-    /// proxied twice). The KUBE-* chains stay, unreachable.
-    pub async fn remove_jumps(&self) {
-        for (table, chain, rule) in pkg::proxy::jumps() {
-            let mut args = vec!["-w", "-t", table, "-D", chain];
-            args.extend(rule.iter().map(String::as_str));
-            while let Ok(true) = self.run("iptables", &args).await {}
+    /// Remove what the iptables mode left (what the nftables mode does at start, so that
+    /// a node switched from iptables is neither proxied twice nor left with stale rules):
+    /// per table, one atomic restore of [`pkg::proxy::iptables::cleanup`].
+    pub async fn remove_iptables_rules(&self) -> Result<(), IptablesError> {
+        for table in ["nat", "filter"] {
+            if let Some(text) = pkg::proxy::iptables::cleanup(table, &self.save(table).await?) {
+                self.restore(&text).await?;
+            }
         }
+        Ok(())
     }
 }
 

@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
+    /// The mode writing the rules (`--proxy-mode`).
+    pub mode: Mode,
     pub syncs: u64,
     pub full_syncs: u64,
     pub failed_syncs: u64,
@@ -106,7 +108,7 @@ impl Proxier {
             node_name: String::new(),
             last_ports: BTreeMap::new(),
             need_full: true,
-            stats: Default::default(),
+            stats: Arc::new(Mutex::new(Stats { mode, ..Default::default() })),
             history: Default::default(),
             triggers: vec![],
         }
@@ -280,7 +282,11 @@ async fn sync_nftables(
 ) -> anyhow::Result<Synced> {
     let mut existing = vec![];
     if full {
-        runner.remove_jumps().await; // the iptables mode's entry points, if it ran here
+        // The iptables mode's rules, if it ran here (a failure is told, not fatal: the
+        // nftables rules work without it).
+        if let Err(e) = runner.remove_iptables_rules().await {
+            tracing::warn!(error = %e, "could not remove the iptables mode's rules");
+        }
         existing = runner.nft_objects().await;
     }
     let plan = planner.plan(cidr, ports, full, &existing);
