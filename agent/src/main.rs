@@ -43,6 +43,13 @@ struct Flags {
     /// table with verdict maps (`nft list table ip ownkube`).
     #[arg(long, value_enum, default_value_t = Mode::Iptables)]
     proxy_mode: Mode,
+    /// The cluster DNS server(s) `ClusterFirst` pods resolve with (comma-separated; the
+    /// lab: 10.96.0.10, the kube-dns Service). Unset: pods get the node's resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain (search paths `<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Registries reached over plain HTTP (repeatable).
     #[arg(long)]
     insecure_registry: Vec<String>,
@@ -127,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         registries,
         lease_renew: pkg::kubelet::node::RENEW_EVERY,
         netns: None,
+        dns: pkg::kubelet::dns::ClusterDns {
+            servers: flags.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+            domain: flags.cluster_domain.clone(),
+        },
     };
     let node_token = match &flags.node_token_file {
         Some(f) => Some(std::fs::read_to_string(f)?.trim().to_string()),

@@ -135,6 +135,7 @@ async fn start_kubelet(
         },
         lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
+        dns: pkg::kubelet::dns::ClusterDns { servers: vec!["10.96.0.10".into()], domain: "cluster.local".into() },
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), ctd.runtime().await, cfg).await.expect("kubelet starts");
     tokio::spawn(k.run())
@@ -187,6 +188,12 @@ async fn kubelet_runs_restarts_adopts_and_removes_pods() {
     })
     .await
     .contains("HOSTNAME:web"));
+
+    // dnsPolicy ClusterFirst (the default): the cluster DNS and the search path.
+    let uid = web["metadata"]["uid"].as_str().unwrap();
+    let resolv = std::fs::read_to_string(kubelet::pod_dir(state.path(), uid).join("resolv.conf")).unwrap();
+    assert!(resolv.starts_with("nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(resolv.ends_with("options ndots:5\n"), "{resolv}");
 
     // Pulled from the registry (through the mirror), runs the image's own command.
     let pulled = eventually(60, "pulled Running", || async {

@@ -69,6 +69,7 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         },
         lease_renew: Duration::from_secs(1),
         netns: Some(node.name.clone()),
+        dns: Default::default(),
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), rt.clone(), cfg).await.expect("kubelet starts");
     tokio::spawn(k.run());

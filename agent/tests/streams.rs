@@ -52,6 +52,7 @@ async fn exec_cp_port_forward_attach_and_logs_through_the_apiserver() {
         registries: Registries::default(),
         lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
+        dns: Default::default(),
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), rt.clone(), cfg).await.expect("kubelet starts");
     tokio::spawn(k.run());

@@ -14,6 +14,7 @@
 //!   volumes, resources, CRI logs, the node Lease), as pure functions;
 //! - [`endpointslice`]: the EndpointSlices of a service (ready, serving, terminating) and how to converge them;
 //! - [`explain`]: a packet's path through the node's rules as read back from the kernel (iptables-save, nft -j), every endpoint with its probability;
+//! - [`dns`]: the cluster DNS's names (Services, headless endpoints, named ports, pods, reverse) and its answers;
 //! - [`events`]: Events about an object, and how repeats are counted up (the event correlator);
 //! - [`deletion`]: what a DELETE does (at once, or marked while finalizers remain);
 //! - [`workloads`]: the ReplicaSet, Deployment and garbage-collector decisions;
@@ -22,6 +23,7 @@
 pub mod alloc;
 pub mod api;
 pub mod deletion;
+pub mod dns;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;

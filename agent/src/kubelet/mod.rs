@@ -58,6 +58,9 @@ pub struct Config {
     /// The node's network namespace, when it is not this process's own (tests run a whole
     /// node inside a throwaway namespace).
     pub netns: Option<String>,
+    /// The cluster's DNS (`--cluster-dns`, `--cluster-domain`): what `ClusterFirst` pods'
+    /// `/etc/resolv.conf` names. No servers: those pods get the node's (and an event).
+    pub dns: pkg::kubelet::dns::ClusterDns,
 }
 
 /// The names everything of one pod goes by.

@@ -84,10 +84,24 @@ async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str) -> anyhow::Result<(std::net::I
         format!("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"),
     )?;
     std::fs::write(&files.hostname, format!("{name}\n"))?;
-    if !files.resolv.exists() {
-        std::fs::write(&files.resolv, std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
-    }
+    std::fs::write(&files.resolv, resolv_conf(ctx, pod))?;
     Ok((ip, netns, files))
+}
+
+/// The pod's `/etc/resolv.conf`, from its `dnsPolicy` and `dnsConfig`
+/// ([`pkg::kubelet::dns::pod_resolv`]) and the node's own file.
+fn resolv_conf(ctx: &Ctx, pod: &Pod) -> String {
+    use pkg::kubelet::dns::{pod_resolv, DnsPolicy, Resolv};
+    let spec = pod.spec.as_ref();
+    let policy = DnsPolicy::of(spec.and_then(|s| s.dns_policy.as_deref()));
+    let host = Resolv::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    let (resolv, fell_back) =
+        pod_resolv(policy, spec.and_then(|s| s.dns_config.as_ref()), &ctx.cfg.dns, pod.namespace().unwrap_or("default"), &host);
+    if fell_back {
+        let msg = "pod: \"ClusterFirst\" policy specified without a cluster DNS (--cluster-dns); falling back to \"Default\" policy";
+        ctx.recorder.event(pod, None, true, "MissingClusterDNS", msg);
+    }
+    resolv.render()
 }
 
 /// `spec.hostname`, else the pod's name.

@@ -36,7 +36,8 @@ pub use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, EnvVar, Event, EventSource, Namespace, NamespaceSpec,
     NamespaceStatus, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectReference, Pod,
-    PodCondition, PodIP, PodSpec, PodStatus, PodTemplateSpec, Probe, Secret, Service, ServiceAccount, ServicePort, ServiceSpec,
+    PodCondition, PodDNSConfig, PodIP, PodSpec, PodStatus, PodTemplateSpec, Probe, Secret, Service, ServiceAccount, ServicePort,
+    ServiceSpec,
 };
 pub use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
 pub use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

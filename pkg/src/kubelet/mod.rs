@@ -11,14 +11,16 @@
 //! - [`volumes`]: the files a configMap, secret or downwardAPI volume holds;
 //! - [`resources`]: requests and limits as cgroup settings, and the QoS class;
 //! - [`logs`]: the CRI log format containers' output is written in, and reading it back;
-//! - [`node`]: the node's heartbeat Lease.
+//! - [`node`]: the node's heartbeat Lease;
+//! - [`dns`]: the pod's `resolv.conf` from `dnsPolicy` and `dnsConfig`.
 //!
 //! Upstream: k8s.io/kubernetes/pkg/kubelet (kubelet_pods.go, status/generate.go,
-//! kuberuntime/kuberuntime_manager.go, prober/, kuberuntime/logs/), client-go tools/record
+//! kuberuntime/kuberuntime_manager.go, prober/, kuberuntime/logs/, network/dns/), client-go tools/record
 
 pub mod actions;
 pub mod backoff;
 pub mod conditions;
+pub mod dns;
 pub mod env;
 pub mod logs;
 pub mod node;
