@@ -121,7 +121,8 @@ async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respons
     let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit, continue_token }).await?;
     match r.out {
         Output::Table => {
-            let mut t = printers::table(&res.items, res.metadata["resourceVersion"].as_str().map(String::from), true);
+            let include = printers::IncludeObject::from_param(r.params.get("includeObject").map(String::as_str))?;
+            let mut t = printers::table(&res.items, res.metadata["resourceVersion"].as_str().map(String::from), true, include);
             t["metadata"] = res.metadata;
             Ok(codec::respond(StatusCode::OK, r.out, t))
         }

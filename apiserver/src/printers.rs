@@ -329,9 +329,34 @@ impl Printable for ReplicaSet {
     }
 }
 
+/// What each row of a Table carries besides its cells (`?includeObject=`): nothing, the
+/// object's metadata (the default: kubectl reads the name and namespace from it), or the
+/// whole object (what `kubectl get --sort-by` asks for, to sort by any field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    #[default]
+    Metadata,
+    Object,
+}
+
+impl IncludeObject {
+    /// The query parameter's value; anything else is a 400 naming it.
+    pub fn from_param(v: Option<&str>) -> Result<IncludeObject, crate::error::ApiError> {
+        match v.unwrap_or("") {
+            "" | "Metadata" => Ok(IncludeObject::Metadata),
+            "None" => Ok(IncludeObject::None),
+            "Object" => Ok(IncludeObject::Object),
+            other => Err(crate::error::ApiError::bad_request(format!(
+                "includeObject: unsupported value {other:?}: want None, Metadata or Object"
+            ))),
+        }
+    }
+}
+
 /// A `meta.k8s.io/v1` Table of `items`. `headers`: include the column definitions (a watch
 /// sends them with its first event only).
-pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool) -> Value {
+pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool, include: IncludeObject) -> Value {
     let now = jiff::Timestamp::now().as_second();
     let columns: Vec<Value> = if headers {
         T::COLUMNS
@@ -351,8 +376,14 @@ pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, header
         .iter()
         .map(|o| {
             let mut obj = serde_json::to_value(o).unwrap_or(Value::Null);
-            // kubectl reads the namespace (for -A) and the name from the row's object.
-            obj = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"].take()});
+            match include {
+                IncludeObject::Object => {}
+                // kubectl reads the namespace (for -A) and the name from the row's object.
+                IncludeObject::Metadata => {
+                    obj = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"].take()})
+                }
+                IncludeObject::None => return json!({"cells": o.cells(now)}),
+            }
             json!({"cells": o.cells(now), "object": obj})
         })
         .collect();

@@ -47,7 +47,7 @@ fn line(v: &Value) -> Bytes {
 /// One line of a watch stream.
 fn event<T: Printable>(kind: &str, obj: &T, out: Output, first: &mut bool) -> Bytes {
     let object = if out == Output::Table {
-        let t = printers::table(std::slice::from_ref(obj), obj.meta().resource_version.clone(), *first);
+        let t = printers::table(std::slice::from_ref(obj), obj.meta().resource_version.clone(), *first, Default::default());
         *first = false;
         t
     } else {

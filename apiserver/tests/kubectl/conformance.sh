@@ -16,6 +16,7 @@ check "create service nodeport" k create service nodeport np --tcp=80:8080
 check "the nodePort is allocated" bash -c "[[ \$(KUBECONFIG=/dev/null $KUBECTL --server $SERVER -n $NS get svc np -o 'jsonpath={.spec.ports[0].nodePort}') -ge 30000 ]]"
 check "create deployment (stored before its controller exists)" k create deployment web --image=localhost:5000/whoami:latest
 check "the deployment is defaulted" equals "1 RollingUpdate" k get deployment web -o 'jsonpath={.spec.replicas} {.spec.strategy.type}'
+check "get --sort-by sorts the Table by a field of whole objects (includeObject=Object)" contains "cfg " k get configmaps --sort-by=.metadata.name --no-headers
 check "a default service account exists" equals "default" k get serviceaccount default -o 'jsonpath={.metadata.name}'
 
 # apply, then apply again with the second port changed: both ports kept, no `$` stored.
