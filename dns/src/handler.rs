@@ -53,7 +53,7 @@ impl Handler {
         }
         let (answer, soa) = {
             let t = self.tables.read().expect("tables lock");
-            (t.records.answer(&name, zone::qtype(qtype)), t.soa(self.ttl))
+            (t.records.answer(&name, zone::qtype(qtype)), t.soa.clone())
         };
         let local = |code, answers: Vec<Record>, soa: Option<Record>| Reply {
             code,
@@ -64,8 +64,8 @@ impl Handler {
         };
         match answer {
             Answer::Records(rrs) => local(ResponseCode::NoError, rrs.iter().filter_map(|r| zone::record(r, self.ttl)).collect(), None),
-            Answer::NoData => local(ResponseCode::NoError, vec![], Some(soa)),
-            Answer::NxDomain => local(ResponseCode::NXDomain, vec![], Some(soa)),
+            Answer::NoData => local(ResponseCode::NoError, vec![], soa),
+            Answer::NxDomain => local(ResponseCode::NXDomain, vec![], soa),
             Answer::NotOurs => self.forward(request).await,
         }
     }

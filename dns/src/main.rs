@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %flags.listen, domain = %flags.domain, upstream = ?upstream.as_ref().map(|u| u.addr), "cluster DNS starting");
     let client = kube::Client::try_from(kube::Config::new(flags.apiserver.parse()?))?;
     let tables = watch::Shared::default();
-    let zone = Zone { domain: flags.domain.trim_matches('.').to_ascii_lowercase(), reverse: flags.reverse_cidrs.clone() };
+    let zone = Zone { domain: flags.domain.trim_matches('.').to_ascii_lowercase(), reverse: flags.reverse_cidrs.clone(), ttl: flags.ttl };
     tokio::spawn(watch::run(client, zone, tables.clone()));
     tokio::spawn(async move {
         if let Err(e) = health(flags.health_listen).await {

@@ -19,18 +19,13 @@ use pkg::dns::Records;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// The tables in use, and how many times they were rebuilt (the SOA's serial).
+/// The tables in use, how many times they were rebuilt, and the zone's SOA at that
+/// serial (built once per rebuild, not per negative answer; none before the first).
 #[derive(Default)]
 pub struct Tables {
     pub records: Records,
     pub serial: u32,
-    pub domain: String,
-}
-
-impl Tables {
-    pub fn soa(&self, ttl: u32) -> Record {
-        crate::zone::soa(&self.domain, self.serial, ttl)
-    }
+    pub soa: Option<Record>,
 }
 
 /// The tables, shared by the watcher (which replaces them) and every query.
@@ -42,6 +37,8 @@ pub struct Zone {
     pub domain: String,
     /// The ranges whose reverse names are ours (service and pod CIDRs).
     pub reverse: Vec<Cidr>,
+    /// The TTL of the SOA (and so how long a negative answer may be cached).
+    pub ttl: u32,
 }
 
 /// Whether both lists have arrived once (for `/ready`).
@@ -90,5 +87,5 @@ fn rebuild(zone: &Zone, services: &Store<Service>, slices: &Store<EndpointSlice>
     t.serial = t.serial.wrapping_add(1);
     tracing::debug!(serial = t.serial, names = records.len(), "tables rebuilt");
     t.records = records;
-    t.domain = zone.domain.clone();
+    t.soa = Some(crate::zone::soa(&zone.domain, t.serial, zone.ttl));
 }

@@ -68,7 +68,7 @@ fn dig(port: u16, args: &[&str]) -> Dig {
 async fn start_dns(cluster: &Cluster, domain: &str, upstream: Option<SocketAddr>) -> u16 {
     let client = kube::Client::try_from(kube::Config::new(cluster.base.parse().unwrap())).unwrap();
     let tables = Shared::default();
-    let zone = Zone { domain: domain.into(), reverse: vec!["10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap()] };
+    let zone = Zone { domain: domain.into(), reverse: vec!["10.96.0.0/16".parse().unwrap(), "10.244.0.0/16".parse().unwrap()], ttl: 5 };
     tokio::spawn(watch::run(client, zone, tables.clone()));
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
