@@ -83,6 +83,8 @@ pub struct Proxier {
     node_name: String,
     last_ports: BTreeMap<(String, String), ServicePort>,
     need_full: bool,
+    /// Whether the other mode's rules (left by an earlier run in that mode) are gone.
+    other_mode_removed: bool,
     pub stats: Arc<Mutex<Stats>>,
     /// The last syncs, for `/debug/proxy/history`.
     pub history: Arc<history::History>,
@@ -108,6 +110,7 @@ impl Proxier {
             node_name: String::new(),
             last_ports: BTreeMap::new(),
             need_full: true,
+            other_mode_removed: false,
             stats: Arc::new(Mutex::new(Stats { mode, ..Default::default() })),
             history: Default::default(),
             triggers: vec![],
@@ -202,6 +205,9 @@ impl Proxier {
     }
 
     async fn try_sync(&mut self, ports: BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<()> {
+        if !self.other_mode_removed {
+            self.remove_other_mode().await;
+        }
         let (runner, cidr) = (&self.runner, self.cluster_cidr.as_str());
         let Synced { rules, written, deleted, text } = match &mut self.engine {
             Engine::Iptables(planner) => sync_iptables(runner, cidr, planner, &ports, full).await?,
@@ -219,6 +225,22 @@ impl Proxier {
         tracing::debug!(full, written, deleted, rules, "proxy synced");
         self.last_ports = ports;
         Ok(())
+    }
+
+    /// Remove what the other mode left if it ran on this node before (once per start, as
+    /// kube-proxy's cleanup does): the `ip ownkube` table, or every KUBE-* chain and jump
+    /// (a failure is told and tried again next sync, not fatal: our own rules work without it).
+    async fn remove_other_mode(&mut self) {
+        match self.engine {
+            Engine::Iptables(_) => self.runner.nft_delete_table().await,
+            Engine::Nftables(_) => {
+                if let Err(e) = self.runner.remove_iptables_rules().await {
+                    tracing::warn!(error = %e, "could not remove the iptables mode's rules");
+                    return;
+                }
+            }
+        }
+        self.other_mode_removed = true;
     }
 
     /// UDP has no connection to close: conntrack keeps sending a flow to the endpoint it
@@ -248,8 +270,7 @@ async fn sync_iptables(
 ) -> anyhow::Result<Synced> {
     let mut existing = vec![];
     if full {
-        runner.nft_delete_table().await; // left by the nftables mode, if it ran here
-                                         // Every chain a service chain may jump to exists before the first restore.
+        // Every chain a service chain may jump to exists before the first restore.
         for (table, chains) in [
             ("nat", &["KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-NODEPORTS"][..]),
             ("filter", &["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"][..]),
@@ -282,11 +303,6 @@ async fn sync_nftables(
 ) -> anyhow::Result<Synced> {
     let mut existing = vec![];
     if full {
-        // The iptables mode's rules, if it ran here (a failure is told, not fatal: the
-        // nftables rules work without it).
-        if let Err(e) = runner.remove_iptables_rules().await {
-            tracing::warn!(error = %e, "could not remove the iptables mode's rules");
-        }
         existing = runner.nft_objects().await;
     }
     let plan = planner.plan(cidr, ports, full, &existing);
