@@ -129,15 +129,19 @@ fn nftables_syncs_match_golden() {
     let full = planner.plan("10.244.0.0/16", &ports(&s, &e), true, &[]);
     assert_eq!(full.transactions.len(), 2, "the fixed part with the chains, then the maps");
     check("full.nft", &full.transactions.join(nftables::NEXT_TRANSACTION));
-    // webapp: 4 endpoint chains (2 rules each) + service (2) + external (2); api 2*2 + 2; dns 2 + 2; fixed 16.
-    assert_eq!(full.rules, 8 + 2 + 2 + 4 + 2 + 2 + 2 + 16);
+    // webapp: service (2) + external (2); api 2; dns 2; fixed 17. No endpoint has a chain:
+    // each service chain DNATs through a numgen map.
+    assert_eq!(full.rules, 2 + 2 + 2 + 2 + 17);
+    assert!(!full.transactions.concat().contains("add chain ip ownkube endpoint-"));
     planner.applied(full);
     let mut e2 = e.clone();
     e2[0].subsets.as_mut().unwrap()[0].addresses.as_mut().unwrap().pop();
     let partial = planner.plan("10.244.0.0/16", &ports(&s, &e2), false, &[]);
     check("partial-endpoint-removed.nft", &partial.transactions[0]);
-    assert_eq!((partial.written, partial.flushed.len()), (1, 1), "webapp's service chain rewritten, one endpoint chain flushed");
-    assert!(!partial.transactions[0].contains("element"), "no map changes when only endpoints change");
+    assert_eq!((partial.written, partial.flushed.len()), (1, 0), "webapp's service chain rewritten, nothing flushed");
+    let tx = &partial.transactions[0];
+    assert!(!tx.contains("service-ips") && !tx.contains("service-nodeports"), "no map changes when only endpoints change: {tx}");
+    assert_eq!(tx.matches("delete element ip ownkube hairpin").count(), 1, "the endpoint's hairpin pair goes: {tx}");
 }
 
 /// The policies, rendered for node `node-a`: `sticky` (ClientIP affinity, 60 s), `edge`

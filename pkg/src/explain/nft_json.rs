@@ -51,6 +51,11 @@ pub fn parse(json: &str, texts: &HashMap<u64, String>) -> Result<Rules, NftJsonE
             let elems = m.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
             let list = elems.iter().filter_map(|e| Some((key_values(e.get(0)?), verdict(e.get(1)?)?))).collect();
             rules.maps.insert((table_of(m), str_of(m, "name")), list);
+        } else if let Some(s) = item.get("set").filter(|s| s.get("type").is_some_and(Value::is_array)) {
+            // A set of concatenations (`ipv4_addr . ipv4_addr`): its elements are keys, as a map's are.
+            let elems = s.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
+            let list = elems.iter().map(|e| (key_values(e), Action::Continue)).collect();
+            rules.maps.insert((table_of(s), str_of(s, "name")), list);
         } else if let Some(s) = item.get("set") {
             let elems = s.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
             let addr = |e: &Value| e.pointer("/elem/val").unwrap_or(e).as_str().and_then(|s| s.parse().ok());
@@ -145,6 +150,13 @@ fn field(v: &Value) -> Option<Field> {
 fn matches(m: &Value) -> Vec<Cond> {
     let (op, left, right) = (m.get("op").and_then(Value::as_str).unwrap_or("=="), &m["left"], &m["right"]);
     let unknown = || vec![Cond::Unknown(m.to_string())];
+    if let (Some(parts), Some(set)) = (left.get("concat").and_then(Value::as_array), right.as_str().and_then(|r| r.strip_prefix('@'))) {
+        return match parts.iter().map(field).collect::<Option<Vec<_>>>() {
+            Some(key) if op == "!=" => vec![Cond::Not(Box::new(Cond::InConcatSet(key, set.into())))],
+            Some(key) => vec![Cond::InConcatSet(key, set.into())],
+            None => unknown(),
+        };
+    }
     let mut out = match (field(left), right) {
         (Some(Field::Addr(side)), Value::String(s)) if s.starts_with('@') => vec![Cond::InSet(side, s[1..].to_string())],
         (Some(Field::Addr(side)), Value::String(s)) => s.parse().map(|n| vec![Cond::Addr(side, n)]).unwrap_or_else(|_| unknown()),
@@ -176,6 +188,9 @@ fn other_match(left: &Value, right: &Value) -> Option<Vec<Cond>> {
     if let Some(flags) = left.pointer("/fib/flags").and_then(Value::as_array) {
         let side = if flags.iter().any(|f| f == "saddr") { Side::Src } else { Side::Dst };
         return (right == "local").then(|| vec![Cond::Local(side)]);
+    }
+    if left.pointer("/ct/key").and_then(Value::as_str) == Some("status") {
+        return (right == "dnat").then(|| vec![Cond::CtDnat]);
     }
     if left.pointer("/ct/key").and_then(Value::as_str) == Some("state") {
         let states = match right {
@@ -211,6 +226,9 @@ fn statement(e: &Value) -> Option<Action> {
         return Some(Action::Masquerade);
     }
     if let Some(d) = e.get("dnat") {
+        if let Some(arms) = d.pointer("/addr/map").filter(|m| m.pointer("/key/numgen").is_some()) {
+            return numgen_dnat(arms);
+        }
         let port = d.get("port").and_then(Value::as_u64).map(|p| p as u16);
         return Some(Action::Dnat(d.get("addr")?.as_str()?.parse().ok()?, port));
     }
@@ -232,6 +250,22 @@ fn statement(e: &Value) -> Option<Action> {
         None => vec![field(&v["key"])?],
     };
     Some(Action::Vmap { key, map: v["data"].as_str()?.trim_start_matches('@').to_string() })
+}
+
+/// `dnat to numgen random mod N map { 0 : ip . port, ... }`: one DNAT per arm, each with
+/// probability 1/N, as a `numgen ... vmap` of DNATs.
+fn numgen_dnat(map: &Value) -> Option<Action> {
+    let mut arms: Vec<(u64, Action)> = vec![];
+    for arm in map.pointer("/data/set")?.as_array()? {
+        let target = arm.get(1)?;
+        let (addr, port) = match target.get("concat").and_then(Value::as_array) {
+            Some(parts) => (parts.first()?.as_str()?, parts.get(1).and_then(Value::as_u64)),
+            None => (target.as_str()?, None),
+        };
+        arms.push((arm.get(0)?.as_u64()?, Action::Dnat(addr.parse().ok()?, port.map(|p| p as u16))));
+    }
+    arms.sort_by_key(|(i, _)| *i);
+    Some(Action::Numgen(arms.into_iter().map(|(_, a)| a).collect()))
 }
 
 /// `meta mark set meta mark | 0x4000` and `... ^ 0x4000`, or a plain value.

@@ -53,6 +53,10 @@ pub enum Cond {
     Addr(Side, Net),
     /// The address is in a named set (nft `@set`, iptables `-m recent --rcheck`).
     InSet(Side, String),
+    /// These fields, joined, are an element of a named set (nft `ip saddr . ip daddr @set`).
+    InConcatSet(Vec<Field>, String),
+    /// The connection's destination was rewritten (nft `ct status dnat`).
+    CtDnat,
     Proto(String),
     Port(Side, u16),
     /// The address is one of this node's own (`-m addrtype --dst-type LOCAL`, `fib daddr type local`).

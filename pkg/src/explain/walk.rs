@@ -115,6 +115,12 @@ impl Walk<'_> {
                 let set = self.rules.sets.get(&(table.to_string(), name.clone()));
                 yes(set.is_some_and(|s| s.contains(&f.addr(*side))))
             }
+            Cond::InConcatSet(key, name) => {
+                let set = self.rules.maps.get(&(table.to_string(), name.clone()));
+                let values = key_values(f, key);
+                yes(set.is_some_and(|s| s.iter().any(|(k, _)| *k == values)))
+            }
+            Cond::CtDnat => yes(f.dnat),
             Cond::Proto(p) => yes(p == &f.proto || p == "all"),
             Cond::Port(Side::Dst, p) => yes(*p == f.dport),
             Cond::Port(Side::Src, p) => match f.sport {
@@ -285,15 +291,7 @@ impl Walk<'_> {
     }
 
     fn vmap(&self, label: (&str, &str, &str), i: usize, mut f: Flow, key: &[Field], map: &str, depth: usize) -> Next {
-        let values: Vec<String> = key
-            .iter()
-            .map(|k| match k {
-                Field::Addr(s) => f.addr(*s).to_string(),
-                Field::Proto => f.proto.clone(),
-                Field::Port(Side::Dst) => f.dport.to_string(),
-                Field::Port(Side::Src) => f.sport.map(|p| p.to_string()).unwrap_or_default(),
-            })
-            .collect();
+        let values = key_values(&f, key);
         let elems = self.rules.maps.get(&(label.0.to_string(), map.to_string()));
         let Some((_, verdict)) = elems.and_then(|e| e.iter().find(|(k, _)| *k == values)) else {
             return Next::Continue(f);
@@ -353,4 +351,16 @@ fn iface_matches(pattern: &str, name: &str) -> bool {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
     }
+}
+
+/// The strings a map or concatenated set compares, from the flow's fields.
+fn key_values(f: &Flow, key: &[Field]) -> Vec<String> {
+    key.iter()
+        .map(|k| match k {
+            Field::Addr(s) => f.addr(*s).to_string(),
+            Field::Proto => f.proto.clone(),
+            Field::Port(Side::Dst) => f.dport.to_string(),
+            Field::Port(Side::Src) => f.sport.map(|p| p.to_string()).unwrap_or_default(),
+        })
+        .collect()
 }

@@ -44,7 +44,8 @@ impl Lines {
                 let chains = r.chains.iter().flat_map(|(name, rules)| rules.iter().map(move |rule| format!("chain {name}: {rule}")));
                 let sets = r.sets.iter().map(|(name, def)| format!("set {name} {def}"));
                 let elements = r.elements.iter().map(|(map, key, verdict)| format!("element {map} {{ {key} : {verdict} }}"));
-                chains.chain(sets).chain(elements).collect()
+                let hairpin = r.hairpin.iter().map(|ip| format!("element {} {{ {ip} . {ip} }}", nftables::HAIRPIN));
+                chains.chain(sets).chain(elements).chain(hairpin).collect()
             }
         }
     }
@@ -146,8 +147,9 @@ mod tests {
         assert!(!d.added.iter().chain(&d.removed).any(|l| l.contains("DNAT --to-destination 10.244.2.7")), "unchanged: {d:?}");
         assert_eq!(port_changes(&old, &new), ["default/web:http: endpoint 10.244.1.5:8080 removed"]);
         let n = rule_diff(&old, &new, "10.244.0.0/16", Lines::Nftables);
-        assert!(n.removed.iter().any(|l| l.contains("dnat to 10.244.1.5:8080")), "{n:?}");
-        assert!(n.added.iter().any(|l| l.contains("numgen random mod 1")), "{n:?}");
+        assert!(n.removed.iter().any(|l| l.contains("numgen random mod 2 map { 0 : 10.244.1.5 . 8080")), "{n:?}");
+        assert!(n.added.iter().any(|l| l.contains("dnat to 10.244.2.7:8080")), "{n:?}");
+        assert!(n.removed.iter().any(|l| l == "element hairpin { 10.244.1.5 . 10.244.1.5 }"), "{n:?}");
     }
 
     #[test]
