@@ -4,7 +4,8 @@
 //! bare loader (`iptables-restore`, or the same chunked `nft -f` transactions) loading
 //! the full ruleset into a fresh namespace in the same run. Prints a table, writes
 //! `results/proxy.json` and a chart of full-sync time against services,
-//! `results/proxy.svg`. Asserts nothing.
+//! `results/proxy.svg`. Then connection setup through a ClusterIP and straight to its
+//! backend, for every size, in interleaved rounds. Asserts nothing.
 //!
 //!     cargo bench -p agent --bench proxy -- [--mode iptables|nftables|both] [N | N:MODE ...]
 //!
@@ -78,12 +79,11 @@ fn probe() -> (Service, Endpoints) {
     (s, e)
 }
 
-/// Connection setup times (µs, sorted) of `n` connections from the client to `target`,
+/// Connection setup times (µs) of `n` connections from the client to `target`,
 /// each one opened, read to its end (the backend writes and closes) and dropped.
 fn connect_times(lab: &Lab, target: &str, n: usize) -> Vec<f64> {
     let target: std::net::SocketAddr = target.parse().unwrap();
-    let mut t = lab
-        .client
+    lab.client
         .run(move || {
             use std::io::Read;
             (0..n)
@@ -97,9 +97,7 @@ fn connect_times(lab: &Lab, target: &str, n: usize) -> Vec<f64> {
                 .collect::<Vec<f64>>()
         })
         .join()
-        .unwrap();
-    t.sort_by(f64::total_cmp);
-    t
+        .unwrap()
 }
 
 fn serve(lab: &Lab) {
@@ -116,9 +114,9 @@ fn serve(lab: &Lab) {
     ready.wait();
 }
 
-/// One size in one mode: full sync, one endpoint less, one service more, bare loader,
-/// then connections through the probe's ClusterIP and straight to its backend.
-async fn measure(mode: Mode, n: usize) -> serde_json::Value {
+/// One size in one mode: full sync, one endpoint less, one service more, bare loader.
+/// The lab is handed back, its rules still loaded, for the connection rounds.
+async fn measure(mode: Mode, n: usize) -> (serde_json::Value, Lab) {
     let lab = Lab::new(1);
     serve(&lab);
     let mut p = Proxier::with_mode(Runner::in_netns(&lab.node.name), "10.244.0.0/16", mode);
@@ -136,23 +134,52 @@ async fn measure(mode: Mode, n: usize) -> serde_json::Value {
     e.push(e1[n].clone());
     let service = sync(&mut p, &s, &e).await;
     let bare = bare_load(mode, &stats.last_ruleset).await;
-    let pct = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
-    let via = connect_times(&lab, "10.96.250.250:80", 2000);
-    let direct = connect_times(&lab, &format!("{}:8080", Lab::backend_ip(0)), 2000);
     let mode_name = format!("{mode:?}").to_lowercase();
-    println!(
-        "{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3} {:>14.1} {:>12.1} {:>10.1}",
-        stats.rules,
-        pct(&via, 0.5),
-        pct(&via, 0.99),
-        pct(&direct, 0.5)
-    );
-    json!({"mode": mode_name, "services": n, "endpoints_per_service": 10, "rules": stats.rules, "full_sync_s": full,
+    println!("{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3}", stats.rules);
+    let row = json!({"mode": mode_name, "services": n, "endpoints_per_service": 10, "rules": stats.rules, "full_sync_s": full,
            "one_endpoint_change_s": endpoint, "one_service_change_s": service, "bare_loader_s": bare,
-           "transactions": stats.last_ruleset.matches(pkg::proxy::NEXT_TRANSACTION).count() + 1,
-           "clusterip_connect_us": {"p50": pct(&via, 0.5), "p99": pct(&via, 0.99), "mean": via.iter().sum::<f64>() / via.len() as f64},
-           "direct_connect_us": {"p50": pct(&direct, 0.5), "p99": pct(&direct, 0.99), "mean": direct.iter().sum::<f64>() / direct.len() as f64},
-           "connections": 2000})
+           "transactions": stats.last_ruleset.matches(pkg::proxy::NEXT_TRANSACTION).count() + 1});
+    (row, lab)
+}
+
+/// Connection setup through each lab's probe ClusterIP and straight to its backend, in
+/// interleaved rounds (every lab once per round), so that whatever else the machine does
+/// falls on all sizes alike rather than on whichever ran last.
+fn connection_rounds(labs: &[Lab], rows: &mut [serde_json::Value]) {
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 300;
+    let mut via = vec![vec![]; labs.len()];
+    let mut direct = vec![vec![]; labs.len()];
+    for _ in 0..ROUNDS {
+        for (i, lab) in labs.iter().enumerate() {
+            via[i].extend(connect_times(lab, "10.96.250.250:80", PER_ROUND));
+            direct[i].extend(connect_times(lab, &format!("{}:8080", Lab::backend_ip(0)), PER_ROUND));
+        }
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let pct = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        json!({"p50": pct(0.5), "p99": pct(0.99), "mean": v.iter().sum::<f64>() / v.len() as f64})
+    };
+    println!(
+        "\n{:>9} {:>9} {:>16} {:>12} {:>13} {:>14}",
+        "mode", "services", "ClusterIP p50 us", "p99 us", "direct p50 us", "ClusterIP mean"
+    );
+    for (i, row) in rows.iter_mut().enumerate() {
+        let (v, d) = (stats(&mut via[i]), stats(&mut direct[i]));
+        println!(
+            "{:>9} {:>9} {:>16.1} {:>12.1} {:>13.1} {:>14.1}",
+            row["mode"].as_str().unwrap(),
+            row["services"],
+            v["p50"].as_f64().unwrap(),
+            v["p99"].as_f64().unwrap(),
+            d["p50"].as_f64().unwrap(),
+            v["mean"].as_f64().unwrap()
+        );
+        row["clusterip_connect_us"] = v;
+        row["direct_connect_us"] = d;
+        row["connections"] = json!(ROUNDS * PER_ROUND);
+    }
 }
 
 /// Full-sync seconds against services, one line per mode, log-log.
@@ -235,24 +262,18 @@ async fn main() {
         sizes = vec![(100, None), (1_000, None), (5_000, None)];
     }
     println!(
-        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12} {:>14} {:>12} {:>10}",
-        "mode",
-        "services",
-        "rules",
-        "full sync s",
-        "-1 endpoint s",
-        "+1 service s",
-        "bare load s",
-        "ClusterIP p50us",
-        "p99us",
-        "direct p50"
+        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}",
+        "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s"
     );
-    let mut rows = vec![];
+    let (mut rows, mut labs) = (vec![], vec![]);
     for (n, only) in sizes {
         for &m in modes.iter().filter(|m| only.is_none_or(|o| o == **m)) {
-            rows.push(measure(m, n).await);
+            let (row, lab) = measure(m, n).await;
+            rows.push(row);
+            labs.push(lab);
         }
     }
+    connection_rounds(&labs, &mut rows);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../results");
     std::fs::create_dir_all(dir).expect("results/");
     std::fs::write(format!("{dir}/proxy.json"), serde_json::to_string_pretty(&json!({"benchmark": "proxy", "rows": rows})).unwrap())
