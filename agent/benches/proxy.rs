@@ -133,11 +133,12 @@ async fn measure(mode: Mode, n: usize) -> (serde_json::Value, Lab) {
     s.push(s1[n].clone());
     e.push(e1[n].clone());
     let service = sync(&mut p, &s, &e).await;
+    let service_apply = p.stats.lock().unwrap().last_sync_apply_millis / 1000.0;
     let bare = bare_load(mode, &stats.last_ruleset).await;
     let mode_name = format!("{mode:?}").to_lowercase();
-    println!("{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {bare:>12.3}", stats.rules);
+    println!("{mode_name:>9} {n:>9} {:>8} {full:>12.3} {endpoint:>15.3} {service:>14.3} {service_apply:>12.3} {bare:>12.3}", stats.rules);
     let row = json!({"mode": mode_name, "services": n, "endpoints_per_service": 10, "rules": stats.rules, "full_sync_s": full,
-           "one_endpoint_change_s": endpoint, "one_service_change_s": service, "bare_loader_s": bare,
+           "one_endpoint_change_s": endpoint, "one_service_change_s": service, "one_service_change_loader_s": service_apply, "bare_loader_s": bare,
            "transactions": stats.last_ruleset.matches(pkg::proxy::NEXT_TRANSACTION).count() + 1});
     (row, lab)
 }
@@ -262,8 +263,8 @@ async fn main() {
         sizes = vec![(100, None), (1_000, None), (5_000, None)];
     }
     println!(
-        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12}",
-        "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "bare load s"
+        "{:>9} {:>9} {:>8} {:>12} {:>15} {:>14} {:>12} {:>12}",
+        "mode", "services", "rules", "full sync s", "-1 endpoint s", "+1 service s", "(in loader)", "bare load s"
     );
     let (mut rows, mut labs) = (vec![], vec![]);
     for (n, only) in sizes {

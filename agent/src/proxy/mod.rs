@@ -38,6 +38,8 @@ pub struct Stats {
     pub failed_syncs: u64,
     pub last_sync_full: bool,
     pub last_sync_millis: f64,
+    /// Of that, the time `iptables-restore` or `nft -f` took (the rest is planning).
+    pub last_sync_apply_millis: f64,
     /// Service ports whose own chains the last sync wrote.
     pub last_sync_service_ports_written: usize,
     pub last_sync_chains_deleted: usize,
@@ -63,6 +65,8 @@ pub enum Mode {
 /// What one sync applied, for `/debug/proxy`: rules written, service ports whose chains
 /// were written, chains deleted, and the text loaded.
 struct Synced {
+    /// Milliseconds spent in `iptables-restore` / `nft -f`.
+    apply_millis: f64,
     rules: usize,
     written: usize,
     deleted: usize,
@@ -209,7 +213,7 @@ impl Proxier {
             self.remove_other_mode().await;
         }
         let (runner, cidr) = (&self.runner, self.cluster_cidr.as_str());
-        let Synced { rules, written, deleted, text } = match &mut self.engine {
+        let Synced { apply_millis, rules, written, deleted, text } = match &mut self.engine {
             Engine::Iptables(planner) => sync_iptables(runner, cidr, planner, &ports, full).await?,
             Engine::Nftables(planner) => sync_nftables(runner, cidr, planner, &ports, full).await?,
         };
@@ -217,6 +221,7 @@ impl Proxier {
         {
             let mut st = self.stats.lock().unwrap();
             st.rules = rules;
+            st.last_sync_apply_millis = apply_millis;
             st.service_ports = ports.len();
             st.last_sync_service_ports_written = written;
             st.last_sync_chains_deleted = deleted;
@@ -285,10 +290,17 @@ async fn sync_iptables(
         existing = iptables::chains(&runner.save("nat").await?);
     }
     let plan = planner.plan(cidr, ports, full, &existing);
+    let t = Instant::now();
     for tx in &plan.transactions {
         runner.restore(tx).await?;
     }
-    let out = Synced { rules: plan.ruleset.rules, written: plan.written, deleted: plan.deleted.len(), text: plan.ruleset.text.clone() };
+    let out = Synced {
+        apply_millis: t.elapsed().as_secs_f64() * 1000.0,
+        rules: plan.ruleset.rules,
+        written: plan.written,
+        deleted: plan.deleted.len(),
+        text: plan.ruleset.text.clone(),
+    };
     planner.applied(plan);
     Ok(out)
 }
@@ -306,10 +318,12 @@ async fn sync_nftables(
         existing = runner.nft_objects().await;
     }
     let plan = planner.plan(cidr, ports, full, &existing);
+    let t = Instant::now();
     for tx in &plan.transactions {
         runner.nft_apply(tx).await?;
     }
     let out = Synced {
+        apply_millis: t.elapsed().as_secs_f64() * 1000.0,
         rules: plan.rules,
         written: plan.written,
         deleted: plan.deleted.len(),
