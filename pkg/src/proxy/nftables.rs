@@ -333,6 +333,11 @@ fn element(out: &mut String, verb: &str, (map, key, verdict): &Element) {
     .expect("writing to a String");
 }
 
+/// One `endpoint . endpoint` element of the `hairpin` set, added or deleted.
+fn hairpin_element(out: &mut String, verb: &str, ip: &str) {
+    let _ = writeln!(out, "{verb} element {TABLE} {HAIRPIN} {{ {ip} . {ip} }}");
+}
+
 /// An affinity set, created once and never flushed while in use (that would forget
 /// which client goes where).
 fn write_set(out: &mut String, name: &str, definition: &str) {
@@ -379,9 +384,16 @@ pub struct Plan {
     pub flushed: Vec<String>,
     pub deleted: Vec<String>,
     next: BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
-    /// The `hairpin` counts after this plan: all of them (full), or those that changed (0: gone).
-    hairpin: BTreeMap<String, usize>,
-    full: bool,
+    hairpin: Hairpin,
+}
+
+/// How a plan leaves the planner's `hairpin` counts.
+#[derive(Debug)]
+enum Hairpin {
+    /// A full sync: these are all of them.
+    Whole(BTreeMap<String, usize>),
+    /// A partial sync: these changed (0: the pair is gone).
+    Changed(BTreeMap<String, usize>),
 }
 
 /// Remembers what the last successful sync wrote, to plan the next one. A service port
@@ -441,10 +453,21 @@ impl Planner {
         let deleted: Vec<String> = self.flushed.iter().filter(|c| !wanted.contains(*c)).cloned().collect();
         stale.retain(|c| !deleted.contains(c));
         let (transactions, rules, written) = if full { self.full(&next) } else { self.partial(&next, &changed, &removed) };
-        let mut plan =
-            Plan { transactions, rules, written, flushed: stale.into_iter().collect(), deleted, next, hairpin: BTreeMap::new(), full };
+        let mut plan = Plan {
+            transactions,
+            rules,
+            written,
+            flushed: stale.into_iter().collect(),
+            deleted,
+            next,
+            hairpin: Hairpin::Changed(BTreeMap::new()),
+        };
         let last = plan.transactions.last_mut().expect("a sync has a transaction");
-        plan.hairpin = if full { hairpin_full(&plan.next, last) } else { self.hairpin_changes(&plan.next, &changed, &removed, last) };
+        plan.hairpin = if full {
+            Hairpin::Whole(hairpin_full(&plan.next, last))
+        } else {
+            Hairpin::Changed(self.hairpin_changes(&plan.next, &changed, &removed, last))
+        };
         for c in &plan.flushed {
             let _ = writeln!(last, "flush {} {TABLE} {c}", kind(c));
         }
@@ -520,44 +543,6 @@ impl Planner {
         (vec![tx], rules, written)
     }
 
-    /// Record that a plan was applied.
-    pub fn applied(&mut self, plan: Plan) {
-        if plan.full {
-            self.hairpin = plan.hairpin;
-        } else {
-            for (ip, n) in plan.hairpin {
-                match n {
-                    0 => self.hairpin.remove(&ip),
-                    n => self.hairpin.insert(ip, n),
-                };
-            }
-        }
-        self.applied = plan.next;
-        self.flushed = plan.flushed.into_iter().collect();
-    }
-
-    /// Forget what was applied (after a failure): the next plan must be full.
-    pub fn reset(&mut self) {
-        self.applied.clear();
-        self.flushed.clear();
-        self.hairpin.clear();
-    }
-}
-
-/// A full sync's `hairpin` set: refilled whole with every endpoint of every service port.
-fn hairpin_full(next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>, tx: &mut String) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for ip in next.values().flat_map(|(_, r)| &r.hairpin) {
-        *counts.entry(ip.clone()).or_insert(0) += 1;
-    }
-    let _ = writeln!(tx, "flush set {TABLE} {HAIRPIN}");
-    for ip in counts.keys() {
-        let _ = writeln!(tx, "add element {TABLE} {HAIRPIN} {{ {ip} . {ip} }}");
-    }
-    counts
-}
-
-impl Planner {
     /// A partial sync's `hairpin` changes: an element is added when its first service port
     /// comes and deleted when its last one goes. Returns the counts that changed.
     fn hairpin_changes(
@@ -581,15 +566,51 @@ impl Planner {
             let before = self.hairpin.get(ip).copied().unwrap_or(0);
             let after = (before as isize + d).max(0) as usize;
             match (before, after) {
-                (0, 1..) => writeln!(tx, "add element {TABLE} {HAIRPIN} {{ {ip} . {ip} }}"),
-                (1.., 0) => writeln!(tx, "delete element {TABLE} {HAIRPIN} {{ {ip} . {ip} }}"),
-                _ => Ok(()),
+                (0, 1..) => hairpin_element(tx, "add", ip),
+                (1.., 0) => hairpin_element(tx, "delete", ip),
+                _ => {}
             }
-            .expect("writing to a String");
             out.insert(ip.to_string(), after);
         }
         out
     }
+
+    /// Record that a plan was applied.
+    pub fn applied(&mut self, plan: Plan) {
+        match plan.hairpin {
+            Hairpin::Whole(counts) => self.hairpin = counts,
+            Hairpin::Changed(counts) => {
+                for (ip, n) in counts {
+                    match n {
+                        0 => self.hairpin.remove(&ip),
+                        n => self.hairpin.insert(ip, n),
+                    };
+                }
+            }
+        }
+        self.applied = plan.next;
+        self.flushed = plan.flushed.into_iter().collect();
+    }
+
+    /// Forget what was applied (after a failure): the next plan must be full.
+    pub fn reset(&mut self) {
+        self.applied.clear();
+        self.flushed.clear();
+        self.hairpin.clear();
+    }
+}
+
+/// A full sync's `hairpin` set: refilled whole with every endpoint of every service port.
+fn hairpin_full(next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>, tx: &mut String) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for ip in next.values().flat_map(|(_, r)| &r.hairpin) {
+        *counts.entry(ip.clone()).or_insert(0) += 1;
+    }
+    let _ = writeln!(tx, "flush set {TABLE} {HAIRPIN}");
+    for ip in counts.keys() {
+        hairpin_element(tx, "add", ip);
+    }
+    counts
 }
 
 #[cfg(test)]
