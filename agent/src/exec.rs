@@ -7,6 +7,12 @@
 //! (`ResizePty`) and, when the client's stdin ends, close our writer *and* ask the shim
 //! to close its own (`CloseIO`), or the process never sees end-of-file.
 //!
+//! An open that is still blocked when the exec fails (the container stopped between the
+//! probe's decision and `Exec`, say) or when its caller gives up (a probe's timeout) would
+//! wait forever on its thread; [`FifoOpen`] releases it by opening the other end itself.
+//! A leaked blocking thread is worse than it looks: a tokio runtime waits for its blocking
+//! threads when it shuts down, so one such open hung a whole test binary in CI.
+//!
 //! Upstream: containerd internal/cri/server/container_execsync.go, pkg/cio
 
 use crate::runtime::{req, Runtime, RuntimeError};
@@ -52,12 +58,47 @@ pub fn mkfifo(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Open one end of a FIFO on a blocking thread: it returns once the shim opens the other end.
-fn open_later(path: PathBuf, write: bool) -> JoinHandle<std::io::Result<File>> {
-    tokio::task::spawn_blocking(move || {
-        let f = std::fs::OpenOptions::new().read(!write).write(write).open(path)?;
-        Ok(File::from_std(f))
-    })
+/// One end of a FIFO being opened on a blocking thread: the open returns once the shim
+/// opens the other end. Dropped before that (the exec failed, or the caller gave up), it
+/// opens the FIFO for reading and writing without blocking, for a moment, so the waiting
+/// thread returns instead of waiting forever.
+struct FifoOpen {
+    path: PathBuf,
+    open: Option<JoinHandle<std::io::Result<std::fs::File>>>,
+}
+
+impl FifoOpen {
+    fn start(path: PathBuf, write: bool) -> FifoOpen {
+        let p = path.clone();
+        let open = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().read(!write).write(write).open(p));
+        FifoOpen { path, open: Some(open) }
+    }
+
+    /// Our end, once the shim has opened its own.
+    async fn opened(mut self) -> Result<File, RuntimeError> {
+        let h = self.open.as_mut().expect("awaited once");
+        let f = h.await;
+        self.open = None;
+        Ok(File::from_std(f.map_err(err)?.map_err(err)?))
+    }
+}
+
+impl Drop for FifoOpen {
+    fn drop(&mut self) {
+        let Some(open) = self.open.take() else { return };
+        // The thread may not have begun its open yet: knock until it has returned.
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            for _ in 0..1000 {
+                let _ = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(&path);
+                if open.is_finished() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> RuntimeError {
@@ -109,8 +150,11 @@ impl Runtime {
         };
         // With a terminal, the shim copies the console to stdout only.
         let (i, o, e) = (path("stdin", r.stdin)?, path("stdout", r.stdout)?, path("stderr", r.stderr && !r.tty)?);
-        let opens =
-            (i.clone().map(|p| open_later(p, true)), o.clone().map(|p| open_later(p, false)), e.clone().map(|p| open_later(p, false)));
+        let opens = (
+            i.clone().map(|p| FifoOpen::start(p, true)),
+            o.clone().map(|p| FifoOpen::start(p, false)),
+            e.clone().map(|p| FifoOpen::start(p, false)),
+        );
         let s = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         let mut tasks = TasksClient::new(self.channel());
         tasks
@@ -136,9 +180,9 @@ impl Runtime {
             }
         });
         tasks.start(req(StartRequest { container_id: container.into(), exec_id: exec_id.clone() })).await?;
-        let join = |h: Option<JoinHandle<std::io::Result<File>>>| async move {
-            match h {
-                Some(h) => h.await.map_err(err)?.map(Some).map_err(err),
+        let join = |o: Option<FifoOpen>| async move {
+            match o {
+                Some(o) => o.opened().await.map(Some),
                 None => Ok(None),
             }
         };

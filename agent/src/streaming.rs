@@ -326,14 +326,8 @@ async fn run_attach(socket: WebSocket, rt: Runtime, id: String, log: PathBuf, st
     let (out, written) = writer(sink);
     let from = tokio::fs::metadata(&log).await.map(|m| m.len()).unwrap_or(0);
     let output = tokio::spawn(follow_to(log, from, out.clone()));
-    let mut stdin = match stdin_pipe {
-        Some(p) => tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(p))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(tokio::fs::File::from_std),
-        None => None,
-    };
+    // Non-blocking: no reader (the container is gone) is an error now, not a wait forever.
+    let mut stdin = stdin_pipe.and_then(|p| tokio::net::unix::pipe::OpenOptions::new().open_sender(p).ok());
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     let code = loop {
         tokio::select! {

@@ -5,6 +5,7 @@
 mod containerd;
 mod netns;
 
+use agent::exec::ExecRequest;
 use agent::network::{self, Ipam};
 use agent::runtime::{self, PodFiles, TaskState};
 use containerd::*;
@@ -110,6 +111,18 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // An exec into the stopped container fails and leaves no thread waiting on its pipes:
+    // the tokio runtime it ran on still shuts down (a blocked FIFO open once hung CI).
+    let (done, finished) = std::sync::mpsc::channel();
+    let (rt2, id2, dir) = (rt.clone(), id.clone(), state.path().join("exec"));
+    std::thread::spawn(move || {
+        let r = tokio::runtime::Runtime::new().unwrap();
+        let cmd = ExecRequest { command: vec!["true".into()], stdin: true, stdout: true, stderr: true, tty: false };
+        let failed = r.block_on(rt2.exec(&id2, &cmd, &dir)).is_err();
+        drop(r);
+        let _ = done.send(failed);
+    });
+    assert_eq!(finished.recv_timeout(Duration::from_secs(20)), Ok(true), "exec into a stopped task fails, and its runtime shuts down");
     rt.delete_task(id).await.unwrap();
     rt.delete_container(id).await.unwrap();
     network::detach_pod(&h, ns_name).await.unwrap();

@@ -79,6 +79,21 @@ pub fn config(etcd: &Etcd) -> Config {
     cfg
 }
 
+/// The longest a test binary that starts a cluster may run (the longest takes ~40 s).
+pub const WATCHDOG_SECS: u64 = 600;
+
+/// End this test binary, saying why, if it still runs `secs` from now. A test that hangs
+/// fails instead of holding CI until its own time limit: a thread blocked for good (an
+/// open of a FIFO nobody opens, say) keeps a tokio runtime from shutting down, so a test
+/// whose every assertion passed never returns.
+pub fn watchdog(secs: u64) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        eprintln!("watchdog: this test binary still runs {secs} s after a cluster started: ending it (exit 124)");
+        std::process::exit(124);
+    });
+}
+
 /// etcd + apiserver + an HTTP client pointed at it.
 pub struct Cluster {
     pub etcd: Etcd,
@@ -93,6 +108,7 @@ impl Cluster {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Cluster {
+        watchdog(WATCHDOG_SECS);
         let etcd = Etcd::start();
         let mut cfg = config(&etcd);
         tweak(&mut cfg);
