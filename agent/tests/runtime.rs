@@ -47,7 +47,7 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
     let mut pods = vec![];
     for name in ["web-a", "web-b"] {
         let ns_name = format!("okpod-{name}-{}", std::process::id());
-        let ns = network::create_netns(&ns_name).unwrap();
+        let ns = network::create_netns(&ns_name).await.unwrap();
         let ip = ipam.allocate(&format!("uid-{name}")).unwrap();
         network::attach_pod(&h, &ns_name, &ns, cidr, ip).await.unwrap();
         network::attach_pod(&h, &ns_name, &ns, cidr, ip).await.expect("wiring again is harmless");

@@ -6,6 +6,7 @@
 //!
 //! Upstream: pkg/kubelet/kuberuntime/kuberuntime_container.go (startContainer, killContainer), pkg/kubelet/images/image_manager.go
 
+use super::steps::Steps;
 use super::{logs, volumes, Ctx, NsSources};
 use crate::registry;
 use crate::runtime::{self, ImageConfig, PodFiles, Stdio, LABEL_CONTAINER, LABEL_POD, LABEL_POD_UID};
@@ -115,10 +116,11 @@ fn spec(
 }
 
 /// Start (or restart) one container: made afresh, its output into log file `restart`.
-pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandbox<'_>) -> Result<(), Waiting> {
+pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandbox<'_>, steps: &mut Steps) -> Result<(), Waiting> {
     let uid = pod.uid().unwrap_or_default();
     let id = super::container_id(uid, &c.name);
     let img = ensure_image(ctx, pod, c).await?;
+    steps.mark("image");
     let node = env::Node {
         pod_ip: sb.pod_ip.into(),
         host_ip: ctx.cfg.node_ip.to_string(),
@@ -145,6 +147,7 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
     let image = c.image.clone().unwrap_or_default();
     ctx.rt.create_container(&id, &image, &img.chain_id, &spec, labels).await.map_err(|e| failed("CreateContainerError", e.to_string()))?;
     ctx.recorder.event(pod, Some(&c.name), false, "Created", &format!("Created container {}", c.name));
+    steps.mark("create");
     let dir = super::pod_dir(&ctx.cfg.state_dir, uid);
     let tty = c.tty == Some(true);
     let log = logs::file(&ctx.cfg.logs_dir, pod, &c.name, restart);
@@ -162,10 +165,12 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
         false => String::new(),
     };
     let io = Stdio { stdin, stdout, stderr, terminal: tty };
+    steps.mark("io");
     if let Err(e) = ctx.rt.start_task(&id, &io).await {
         let _ = ctx.rt.delete_task(&id).await;
         return Err(failed("RunContainerError", e.to_string()));
     }
+    steps.mark("start_task");
     ctx.recorder.event(pod, Some(&c.name), false, "Started", &format!("Started container {}", c.name));
     Ok(())
 }

@@ -9,7 +9,8 @@
 //! - [`container`]: starting one container (image, environment, mounts, cgroups, logs) and
 //!   stopping one (SIGTERM, the grace period, SIGKILL);
 //! - [`status`]: the pod's status from what containerd says and what the kubelet remembers;
-//! - [`prober`]: readiness, liveness and startup probes; [`volumes`]; [`logs`]; [`events`].
+//! - [`prober`]: readiness, liveness and startup probes; [`volumes`]; [`logs`]; [`events`];
+//! - [`steps`]: where a pod's start goes, step by step, in one log line.
 //!
 //! Nothing is kept only in memory that cannot be rebuilt: a restarted agent finds its pods'
 //! containers by their labels and recovers restart counts from the pods' reported status.
@@ -23,6 +24,7 @@ pub mod logs;
 pub mod node;
 pub mod prober;
 pub mod status;
+pub mod steps;
 pub mod sync;
 pub mod volumes;
 pub mod worker;

@@ -16,6 +16,7 @@
 
 use super::container::{self, Sandbox};
 use super::status::{self, Track};
+use super::steps::Steps;
 use super::worker::Next;
 use super::{logs, prober, volumes, Ctx, NsSources};
 use crate::network;
@@ -70,11 +71,13 @@ fn ns_of(pod: &Pod) -> &str {
 }
 
 /// The network namespace, address and files of the pod; returns its IP and files.
-async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str) -> anyhow::Result<(std::net::Ipv4Addr, std::path::PathBuf, PodFiles)> {
+async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str, steps: &mut Steps) -> anyhow::Result<(std::net::Ipv4Addr, std::path::PathBuf, PodFiles)> {
     let ns_name = super::netns_name(uid);
-    let netns = network::create_netns(&ns_name)?;
+    let netns = network::create_netns(&ns_name).await?;
+    steps.mark("netns");
     let ip = ctx.ipam.allocate(uid)?;
     network::attach_pod(&ctx.net, &ns_name, &netns, ctx.pod_cidr, ip).await?;
+    steps.mark("veth");
     let dir = super::pod_dir(&ctx.cfg.state_dir, uid);
     std::fs::create_dir_all(&dir)?;
     let files = PodFiles { hosts: dir.join("hosts"), hostname: dir.join("hostname"), resolv: dir.join("resolv.conf") };
@@ -168,7 +171,7 @@ fn statuses(pod: &Pod, st: &PodState, seen: &[(Container, bool, TaskState)]) -> 
 }
 
 /// Start a container if its back-off allows; `Some(when)` to look again.
-async fn restart(ctx: &Ctx, pod: &Pod, c: &Container, st: &mut PodState, sb: &Sandbox<'_>) -> Option<Duration> {
+async fn restart(ctx: &Ctx, pod: &Pod, c: &Container, st: &mut PodState, sb: &Sandbox<'_>, steps: &mut Steps) -> Option<Duration> {
     let uid = pod.uid().unwrap_or_default();
     let key = format!("{uid}/{}", c.name);
     let tr = st.tracks.entry(c.name.clone()).or_default();
@@ -191,7 +194,7 @@ async fn restart(ctx: &Ctx, pod: &Pod, c: &Container, st: &mut PodState, sb: &Sa
         b.next(&key, now);
         restart_no += 1;
     }
-    match container::start(ctx, pod, c, restart_no, sb).await {
+    match container::start(ctx, pod, c, restart_no, sb, steps).await {
         Ok(()) => {
             let tr = st.tracks.entry(c.name.clone()).or_default();
             if let Some((t, _)) = tr.exited.take() {
@@ -217,7 +220,9 @@ pub async fn sync_pod(ctx: &Arc<Ctx>, pod: &Arc<Pod>, st: &mut PodState) -> anyh
     let uid = pod.uid().unwrap_or_default().to_string();
     st.recover(pod);
     st.start_time.get_or_insert_with(now);
-    let (ip, netns, files) = sandbox(ctx, pod, &uid).await?;
+    let mut steps = Steps::default();
+    let (ip, netns, files) = sandbox(ctx, pod, &uid, &mut steps).await?;
+    steps.mark("files");
     let node = pkg::kubelet::env::Node {
         pod_ip: ip.to_string(),
         host_ip: ctx.cfg.node_ip.to_string(),
@@ -234,7 +239,9 @@ pub async fn sync_pod(ctx: &Arc<Ctx>, pod: &Arc<Pod>, st: &mut PodState) -> anyh
             return Ok(Next::After(Duration::from_secs(2)));
         }
     };
+    steps.mark("volumes");
     let seen = observe(ctx, pod, st).await?;
+    steps.mark("observe");
     let spec = pod.spec.clone().unwrap_or_default();
     let (init, regular) = statuses(pod, st, &seen);
     let plan = actions::plan(&spec, &init, &regular, &|c| st.probes.failed(c));
@@ -263,7 +270,7 @@ pub async fn sync_pod(ctx: &Arc<Ctx>, pod: &Arc<Pod>, st: &mut PodState) -> anyh
         None => plan.start.iter().filter_map(|n| actions::container(&spec, n).cloned()).collect(),
     };
     for c in &to_start {
-        if let Some(d) = restart(ctx, pod, c, st, &sb).await {
+        if let Some(d) = restart(ctx, pod, c, st, &sb, &mut steps).await {
             next = next.min(d);
         } else {
             next = Duration::from_millis(200); // see it running
@@ -277,7 +284,12 @@ pub async fn sync_pod(ctx: &Arc<Ctx>, pod: &Arc<Pod>, st: &mut PodState) -> anyh
         }
     }
     let seen = if to_start.is_empty() && plan.kill.is_empty() { seen } else { observe(ctx, pod, st).await? };
+    steps.mark("observe");
     report(ctx, pod, st, &seen, Some(ip), false).await?;
+    steps.mark("status");
+    if !to_start.is_empty() {
+        tracing::info!(pod = %pod.name(), total_ms = format!("{:.1}", steps.total_ms()), steps = %steps.summary(), "sync started containers");
+    }
     Ok(Next::After(next))
 }
 
