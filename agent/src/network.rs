@@ -42,7 +42,8 @@ pub async fn connect_in(netns: &Path) -> anyhow::Result<Handle> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         Ok((conn, handle))
     })
-    .await?;
+    .await
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -52,12 +53,13 @@ pub async fn connect_in(netns: &Path) -> anyhow::Result<Handle> {
 /// kernel (a new network namespace takes milliseconds, longer while others are made), and
 /// a worker blocked on `join()` held up every other pod's start and status write (in a
 /// burst of 10 pods on a node, sandboxes took 360 ms each where one alone takes 20 ms).
-async fn on_own_thread<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+/// An `Err` says the thread panicked.
+async fn on_own_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, tokio::sync::oneshot::error::RecvError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.await.map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    rx.await
 }
 
 /// Create a named network namespace (as `ip netns add` does: a new namespace made by a
@@ -83,7 +85,8 @@ pub async fn create_netns(name: &str) -> anyhow::Result<PathBuf> {
         }
         Ok(())
     })
-    .await?;
+    .await
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
     Ok(path)
 }
 
@@ -319,22 +322,17 @@ pub async fn connect_in_netns(
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "i/o timeout"))?;
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let connect = || -> std::io::Result<std::net::TcpStream> {
-            use std::os::fd::AsRawFd;
-            let f = std::fs::File::open(&netns)?;
-            // SAFETY: a valid namespace fd; this thread is never used for anything else.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        };
-        let _ = tx.send(connect());
-    });
-    let s = rx.await.map_err(std::io::Error::other)??;
+    let connect = move || -> std::io::Result<std::net::TcpStream> {
+        let f = std::fs::File::open(&netns)?;
+        // SAFETY: a valid namespace fd; this thread is never used for anything else.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    };
+    let s = on_own_thread(connect).await.map_err(std::io::Error::other)??;
     tokio::net::TcpStream::from_std(s)
 }
 

@@ -1,8 +1,9 @@
-//! Where a pod's start goes: a stopwatch that a sync pass marks after each step (sandbox,
-//! volumes, image, create, start, status), logged as one line when the pass started a
+//! Where a pod's start goes: a stopwatch that a sync pass marks after each step (netns,
+//! veth, files, volumes, image, create, start, status), logged as one line when the pass started a
 //! container, e.g. `pod=web-1 total_ms=72 steps=netns 6.1, veth 13.0, files 0.2, volumes 0.0,
-//! observe 0.5, image 0.0, create 4.1, io 1.6, start_task 41.9, observe 0.6, status 3.2`. It is how one reads, in
-//! `/var/log/ownkube/agent.log`, which part of "pod created → Running" is the kubelet's.
+//! observe 0.5, image 0.0, create 4.1, io 1.6, start_task 41.9, observe 0.6, status 3.2`.
+//! It is how one reads, in `/var/log/ownkube/agent.log`, which part of "pod created →
+//! Running" is the kubelet's.
 //!
 //! Upstream: pkg/kubelet/util/pod_startup_latency_tracker.go (the kubelet's own breakdown
 //! of pod startup, which it exports as metrics)
@@ -36,7 +37,7 @@ impl Steps {
         self.began.elapsed().as_secs_f64() * 1000.0
     }
 
-    /// `"sandbox 9.1, volumes 0.0, ..."`.
+    /// `"netns 6.1, veth 13.0, ..."`.
     pub fn summary(&self) -> String {
         self.parts.iter().map(|(n, ms)| format!("{n} {ms:.1}")).collect::<Vec<_>>().join(", ")
     }
