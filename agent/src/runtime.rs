@@ -48,6 +48,11 @@ impl RuntimeError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::Grpc(s) if s.code() == Code::NotFound)
     }
+
+    /// A container (or its snapshot) of that id is still there.
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, RuntimeError::Grpc(s) if s.code() == Code::AlreadyExists)
+    }
 }
 
 type Result<T> = std::result::Result<T, RuntimeError>;
@@ -357,7 +362,9 @@ impl Runtime {
     }
 
     /// Create a container: its writable snapshot and its record with the OCI spec, under a
-    /// lease until the record (which then keeps the snapshot) exists.
+    /// lease until the record (which then keeps the snapshot) exists. A container or
+    /// snapshot of that id left from before is an error ([`RuntimeError::is_already_exists`]):
+    /// the caller removes it and tries again, so a new run never inherits an old spec.
     pub async fn create_container(
         &self,
         id: &str,
@@ -381,20 +388,9 @@ impl Runtime {
         spec: &Value,
         labels: HashMap<String, String>,
     ) -> Result<()> {
-        let mut snaps = SnapshotsClient::new(self.channel.clone());
-        if !self.snapshot_exists(id).await? {
-            snaps
-                .prepare(leased(
-                    PrepareSnapshotRequest {
-                        snapshotter: SNAPSHOTTER.into(),
-                        key: id.into(),
-                        parent: chain_id.into(),
-                        labels: HashMap::new(),
-                    },
-                    lease,
-                ))
-                .await?;
-        }
+        let prepare =
+            PrepareSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.into(), parent: chain_id.into(), labels: HashMap::new() };
+        SnapshotsClient::new(self.channel.clone()).prepare(leased(prepare, lease)).await?;
         let container = Container {
             id: id.into(),
             image: image.into(),
@@ -408,11 +404,8 @@ impl Runtime {
             snapshot_key: id.into(),
             ..Default::default()
         };
-        match ContainersClient::new(self.channel.clone()).create(leased(CreateContainerRequest { container: Some(container) }, lease)).await
-        {
-            Err(e) if e.code() != Code::AlreadyExists => Err(e.into()),
-            _ => Ok(()),
-        }
+        ContainersClient::new(self.channel.clone()).create(leased(CreateContainerRequest { container: Some(container) }, lease)).await?;
+        Ok(())
     }
 
     /// Create and start the container's task with this stdio (paths of FIFOs the kubelet

@@ -385,18 +385,29 @@ async fn honours_service_policies(mode: Mode) {
 async fn health_check_ports_answer_by_local_endpoints() {
     use agent::proxy::healthcheck::HealthServers;
     use pkg::proxy::HealthCheck;
-    // A free port below the ephemeral range: the other tests' connections take source ports
-    // from that range, and one could hold the port between this check and the server's bind.
-    let port = (20_000..30_000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port");
     let mut servers = HealthServers::on(std::net::Ipv4Addr::LOCALHOST);
-    let want = |n: usize| std::collections::BTreeMap::from([(port, HealthCheck { service: "default/edge".into(), local_endpoints: n })]);
+    let want = |port: u16, n: usize| {
+        std::collections::BTreeMap::from([(port, HealthCheck { service: "default/edge".into(), local_endpoints: n })])
+    };
+    // A port below the ephemeral range (the other tests' connections take source ports from
+    // it) that the servers could bind: a port found free a moment ago may be taken since.
+    let mut ports = 20_000..30_000;
+    let port = loop {
+        let p = ports.next().expect("a free port");
+        let failed = servers.sync(&want(p, 2)).await;
+        if failed.is_empty() {
+            break p;
+        }
+        assert_eq!(failed[0].1.kind(), ErrorKind::AddrInUse, "{failed:?}");
+    };
+    assert_eq!(servers.ports(), [port]);
     let get = || async move { reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await };
-    servers.sync(&want(2)).await;
-    let r = get().await.unwrap();
+    let sockets = || String::from_utf8_lossy(&std::process::Command::new("ss").arg("-tan").output().unwrap().stdout).into_owned();
+    let r = get().await.unwrap_or_else(|e| panic!("{e}: the sockets of this host:\n{}", sockets()));
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body, json!({"service": {"namespace": "default", "name": "edge"}, "localEndpoints": 2, "serviceProxyHealthy": true}));
-    servers.sync(&want(0)).await;
+    servers.sync(&want(port, 0)).await;
     assert_eq!(get().await.unwrap().status(), 503);
     servers.sync(&Default::default()).await;
     tokio::time::sleep(Duration::from_millis(50)).await;

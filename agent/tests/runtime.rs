@@ -62,7 +62,9 @@ async fn pod_runs_with_its_own_address_and_is_removed_cleanly() {
         let spec = runtime::oci_spec(&args, &env, &img.working_dir, name, &ns, &files);
         let id = format!("{name}-app-{}", std::process::id());
         let labels = HashMap::from([(runtime::LABEL_POD_UID.to_string(), format!("uid-{name}"))]);
-        rt.create_container(&id, "localhost:5000/busybox:test", &img.chain_id, &spec, labels).await.unwrap();
+        rt.create_container(&id, "localhost:5000/busybox:test", &img.chain_id, &spec, labels.clone()).await.unwrap();
+        let again = rt.create_container(&id, "localhost:5000/busybox:test", &img.chain_id, &spec, labels).await;
+        assert!(again.as_ref().is_err_and(|e| e.is_already_exists()), "a second create is refused: {again:?}");
         let log = dir.join("app.log");
         let out = format!("file://{}", log.display());
         let io = agent::runtime::Stdio { stdout: out.clone(), stderr: out, ..Default::default() };

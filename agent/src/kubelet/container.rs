@@ -135,9 +135,6 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
     let env = env::make_env(pod, c, &NsSources { ctx, ns }, &node).map_err(|m| failed("CreateContainerConfigError", m))?;
     let mounts = volumes::mounts(pod, c, sb.volumes).map_err(|m| failed("CreateContainerConfigError", m))?;
     let spec = spec(&id, c, &img, &env, sb, &mounts)?;
-    // A fresh container each run: the old task and record go first.
-    let _ = ctx.rt.delete_task(&id).await;
-    let _ = ctx.rt.delete_container(&id).await;
     ctx.ooms.lock().unwrap().remove(&id);
     let labels = HashMap::from([
         (LABEL_POD_UID.to_string(), uid.to_string()),
@@ -145,7 +142,8 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
         (LABEL_CONTAINER.to_string(), c.name.clone()),
     ]);
     let image = c.image.clone().unwrap_or_default();
-    ctx.rt.create_container(&id, &image, &img.chain_id, &spec, labels).await.map_err(|e| failed("CreateContainerError", e.to_string()))?;
+    let create = || ctx.rt.create_container(&id, &image, &img.chain_id, &spec, labels.clone());
+    create_fresh(ctx, &id, restart == 0, create).await.map_err(|e| failed("CreateContainerError", e.to_string()))?;
     ctx.recorder.event(pod, Some(&c.name), false, "Created", &format!("Created container {}", c.name));
     steps.mark("create");
     let dir = super::pod_dir(&ctx.cfg.state_dir, uid);
@@ -173,6 +171,26 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
     steps.mark("start_task");
     ctx.recorder.event(pod, Some(&c.name), false, "Started", &format!("Started container {}", c.name));
     Ok(())
+}
+
+/// A fresh container each run. A restart has the old one in the way, so its task and
+/// record go first; a first run (`first`) usually has nothing to remove, and creates
+/// straight away — three containerd calls fewer — unless containerd says one is left (an
+/// agent that died between create and start).
+async fn create_fresh<F, Fut>(ctx: &Ctx, id: &str, first: bool, create: F) -> Result<(), runtime::RuntimeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), runtime::RuntimeError>>,
+{
+    if first {
+        match create().await {
+            Err(e) if e.is_already_exists() => tracing::debug!(container = id, "an earlier container is left: removing it"),
+            done => return done,
+        }
+    }
+    let _ = ctx.rt.delete_task(id).await;
+    let _ = ctx.rt.delete_container(id).await;
+    create().await
 }
 
 /// Stop a container the way the kubelet does: SIGTERM now, SIGKILL if it still runs

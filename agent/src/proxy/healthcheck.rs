@@ -54,9 +54,10 @@ impl HealthServers {
     }
 
     /// Converge to `wanted`: start servers for new ports, update the answers of the others,
-    /// stop the ones no longer wanted. A port that cannot be bound is reported and retried
-    /// at the next sync.
-    pub async fn sync(&mut self, wanted: &BTreeMap<u16, HealthCheck>) {
+    /// stop the ones no longer wanted. A port that cannot be bound is logged, returned, and
+    /// retried at the next sync.
+    pub async fn sync(&mut self, wanted: &BTreeMap<u16, HealthCheck>) -> Vec<(u16, std::io::Error)> {
+        let mut failed = vec![];
         self.servers.retain(|port, s| {
             let keep = wanted.contains_key(port) && !s.task.is_finished();
             if !keep {
@@ -74,6 +75,7 @@ impl HealthServers {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(%addr, service = %hc.service, error = %e, "cannot serve the health check");
+                    failed.push((*port, e));
                     continue;
                 }
             };
@@ -85,6 +87,7 @@ impl HealthServers {
             tracing::info!(%addr, service = %hc.service, "serving the health check");
             self.servers.insert(*port, Server { answer, task });
         }
+        failed
     }
 
     /// The ports served now.

@@ -368,7 +368,7 @@ impl Reporting {
                 }
             }
         }
-        self.health.sync(&health_checks(ports, services)).await;
+        self.health.sync(&health_checks(ports, services)).await; // failures are logged, retried next sync
     }
 }
 
