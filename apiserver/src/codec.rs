@@ -267,7 +267,7 @@ pub fn partial_metadata<T: Object>(o: &T) -> Value {
 /// One object in the representation asked for.
 pub fn represent<T: Printable>(out: Output, obj: &T) -> Value {
     match out {
-        Output::Table => printers::table(std::slice::from_ref(obj), obj.meta().resource_version.clone(), true, Default::default()),
+        Output::Table => printers::table(&[obj], obj.meta().resource_version.clone(), true, Default::default()),
         Output::PartialMetadata => partial_metadata(obj),
         Output::Json | Output::Yaml => serde_json::to_value(obj).unwrap_or(Value::Null),
     }

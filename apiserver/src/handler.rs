@@ -118,29 +118,49 @@ async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respons
     if continue_token.is_some() && r.params.get("resourceVersion").is_some_and(|v| !v.is_empty() && v != "0") {
         return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
     }
-    let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit, continue_token }).await?;
+    let param = |k: &str| r.params.get(k).map(String::as_str);
+    let (resource_version, exact) = list::resource_version(param("resourceVersion"), param("resourceVersionMatch"))?;
+    let q = ListQuery { labels: &l, fields: &f, limit, continue_token, resource_version, exact };
+    let res = list::list::<T>(api, r.ns, &q).await?;
     match r.out {
         Output::Table => {
             let include = printers::IncludeObject::from_param(r.params.get("includeObject").map(String::as_str))?;
-            let mut t = printers::table(&res.items, res.metadata["resourceVersion"].as_str().map(String::from), true, include);
+            let objs: Vec<&T> = res.items.iter().map(|e| &e.obj).collect();
+            let mut t = printers::table(&objs, res.metadata["resourceVersion"].as_str().map(String::from), true, include);
             t["metadata"] = res.metadata;
             Ok(codec::respond(StatusCode::OK, r.out, t))
         }
         Output::PartialMetadata => {
-            let items: Vec<Value> = res.items.iter().map(codec::partial_metadata).collect();
+            let items: Vec<Value> = res.items.iter().map(|e| codec::partial_metadata(&e.obj)).collect();
             let list =
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": res.metadata, "items": items});
             Ok(codec::respond(StatusCode::OK, r.out, list))
         }
-        Output::Json | Output::Yaml => {
-            let list = List { kind: format!("{}List", T::KIND), api_version: T::API_VERSION, metadata: res.metadata, items: res.items };
-            if r.out == Output::Yaml {
-                return Ok(codec::respond(StatusCode::OK, r.out, serde_json::to_value(&list).unwrap_or(Value::Null)));
-            }
-            // Serialized straight from the typed items: lists are the largest responses.
-            Ok(axum::Json(list).into_response())
+        Output::Yaml => {
+            let items: Vec<&T> = res.items.iter().map(|e| &e.obj).collect();
+            let list = List { kind: format!("{}List", T::KIND), api_version: T::API_VERSION, metadata: res.metadata, items };
+            Ok(codec::respond(StatusCode::OK, r.out, serde_json::to_value(&list).unwrap_or(Value::Null)))
         }
+        Output::Json => Ok(json_list::<T>(&res.metadata, &res.items)),
     }
+}
+
+/// A JSON list written from each item's own encoding (kept by the watch cache): lists
+/// are the largest responses, and a cached object is encoded once, not once per LIST.
+fn json_list<T: Strategy>(metadata: &Value, items: &[std::sync::Arc<crate::cacher::store::Entry<T>>]) -> Response {
+    let mut body = Vec::with_capacity(items.iter().map(|e| e.json().len() + 1).sum::<usize>() + 256);
+    let head = json!({"kind": format!("{}List", T::KIND), "apiVersion": T::API_VERSION, "metadata": metadata});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    body.extend_from_slice(&head[..head.len() - 1]); // without its closing brace
+    body.extend_from_slice(b",\"items\":[");
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e.json());
+    }
+    body.extend_from_slice(b"]}");
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
@@ -309,10 +329,10 @@ async fn delete_collection<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> R
     }
     let o = delete_options(r.params, r.headers, &r.body)?;
     let (l, f) = selectors::<T>(r.params)?;
-    let res = list::list::<T>(api, r.ns, &ListQuery { labels: &l, fields: &f, limit: 0, continue_token: None }).await?;
+    let res = list::list::<T>(api, r.ns, &ListQuery::all(&l, &f)).await?;
     let mut gone = vec![];
     for item in res.items {
-        let (ns, name) = (item.namespace().map(String::from), item.name().to_string());
+        let (ns, name) = (item.obj.namespace().map(String::from), item.obj.name().to_string());
         let one = DeleteOpts { precondition_rv: None, precondition_uid: None, ..o.clone() };
         match api.delete_opts::<T>(ns.as_deref(), &name, &one).await {
             Ok(g) => gone.push(g),

@@ -16,6 +16,8 @@
 //! - [`ui`]: `/ui/`, a live topology page (static files in the binary) that lists and watches
 //!   like any client;
 //! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
+//! - [`cacher`]: the watch cache: every kind's objects in memory, fed by one etcd watch,
+//!   serving LISTs and WATCHes;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory),
 //!   through [`members`]: one client per etcd member, moving to the next when one is down;
 //! - [`controllers`]: node lifecycle, namespace deletion and default service accounts,
@@ -25,6 +27,7 @@
 
 pub mod apply;
 pub mod binding;
+pub mod cacher;
 pub mod codec;
 pub mod controllers;
 pub mod discovery;
@@ -90,6 +93,13 @@ pub struct Config {
     /// `system:node:<name>`, and only a node may register itself or change its status.
     #[arg(long)]
     pub token_auth_file: Option<std::path::PathBuf>,
+    /// Serve LISTs and WATCHes from memory ([`cacher`]); `false` sends every one to etcd.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_cache: bool,
+    /// Events a watch holds for a client that reads slower than they come; a client that
+    /// falls further behind has its watch ended (it watches again from where it was).
+    #[arg(long, default_value_t = 1000)]
+    pub watch_buffer: usize,
     /// The tokens read from `--token-auth-file` at start.
     #[arg(skip)]
     pub tokens: Option<noderestriction::Tokens>,
@@ -155,7 +165,8 @@ impl Server {
             cfg.tokens = Some(noderestriction::Tokens::parse(&std::fs::read_to_string(f)?)?);
         }
         let store = storage::Store::connect(&cfg.etcd_servers, cfg.etcd_timeout).await?;
-        let api = objects::Api { store, cfg: Arc::new(cfg.clone()) };
+        let caches = cfg.watch_cache.then(|| cacher::Caches::new(store.clone()));
+        let api = objects::Api { store, cfg: Arc::new(cfg.clone()), caches };
         // Serve at once, etcd or not: while it is away every request answers 503.
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;

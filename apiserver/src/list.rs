@@ -4,8 +4,17 @@
 //! from; once etcd has compacted the revision away the token is `410 Expired` and the
 //! client starts over.
 //!
-//! Upstream: k8s.io/apiserver/pkg/storage/etcd3/store.go (GetList), storage/continue.go
+//! Which source answers (as kube-apiserver's cacher decides): with no `continue` token and
+//! no `limit`, the watch cache ([`crate::cacher`]) — after waiting until it has caught up
+//! with etcd's current revision when no `resourceVersion` is given (a consistent read), at
+//! once for `resourceVersion=0` ("any recent state will do"; `limit` is then ignored, as
+//! in Kubernetes), or once it reaches the given revision (`NotOlderThan`). Pages, and
+//! `resourceVersionMatch=Exact`, are read from etcd at their revision.
+//!
+//! Upstream: k8s.io/apiserver/pkg/storage/etcd3/store.go (GetList), storage/continue.go,
+//! storage/cacher/cacher.go (GetList, shouldDelegateList)
 
+use crate::cacher::store::Entry;
 use crate::error::ApiError;
 use crate::objects::Api;
 use crate::registry::Strategy;
@@ -13,6 +22,7 @@ use crate::storage;
 use base64::Engine;
 use pkg::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// What a LIST request asks for.
 pub struct ListQuery<'a> {
@@ -21,11 +31,53 @@ pub struct ListQuery<'a> {
     /// At most this many items (0: all).
     pub limit: i64,
     pub continue_token: Option<&'a str>,
+    /// `resourceVersion`: `None` (unset or empty), `Some(0)`, or a revision.
+    pub resource_version: Option<i64>,
+    /// `resourceVersionMatch=Exact`: exactly the snapshot at `resource_version`.
+    pub exact: bool,
+}
+
+impl<'a> ListQuery<'a> {
+    /// A LIST of everything the selectors match, as of now.
+    pub fn all(labels: &'a LabelSelector, fields: &'a FieldSelector) -> ListQuery<'a> {
+        ListQuery { labels, fields, limit: 0, continue_token: None, resource_version: None, exact: false }
+    }
+}
+
+/// `resourceVersion` and `resourceVersionMatch` of a LIST: (revision, exact).
+pub fn resource_version(rv: Option<&str>, rv_match: Option<&str>) -> Result<(Option<i64>, bool), ApiError> {
+    let rv = match rv.filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r) => Some(r.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+            ApiError::invalid_options("ListOptions", "resourceVersion", &format!("{r:?}: must be a non-negative integer"))
+        })?),
+    };
+    match (rv_match.filter(|m| !m.is_empty()), rv) {
+        (None, _) => Ok((rv, false)),
+        (Some(_), None) => Err(ApiError::invalid_options(
+            "ListOptions",
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        )),
+        (Some("NotOlderThan"), _) => Ok((rv, false)),
+        (Some("Exact"), Some(0)) => Err(ApiError::invalid_options(
+            "ListOptions",
+            "resourceVersionMatch",
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+        )),
+        (Some("Exact"), _) => Ok((rv, true)),
+        (Some(m), _) => Err(ApiError::invalid_options(
+            "ListOptions",
+            "resourceVersionMatch",
+            &format!("{m:?}: supported values: \"Exact\", \"NotOlderThan\""),
+        )),
+    }
 }
 
 /// The items and the list's `metadata` (`resourceVersion`, `continue`, `remainingItemCount`).
+/// Items are shared with the watch cache (and keep their JSON encoding once made).
 pub struct ListResult<T> {
-    pub items: Vec<T>,
+    pub items: Vec<Arc<Entry<T>>>,
     pub metadata: Value,
 }
 
@@ -54,15 +106,19 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
 
 /// List `T` in `ns` (or everywhere), filtered and paginated.
 pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -> Result<ListResult<T>, ApiError> {
+    if let Some(res) = from_cache(api, ns, q).await? {
+        return Ok(res);
+    }
     let keep = |o: &T| crate::watch::matches(o, q.labels, q.fields);
-    if q.limit <= 0 && q.continue_token.is_none() {
+    if q.limit <= 0 && q.continue_token.is_none() && !q.exact {
         let (items, rev) = api.list::<T>(ns).await?;
-        let items = items.into_iter().filter(keep).collect();
+        let items = items.into_iter().filter(keep).map(Entry::new).collect();
         return Ok(ListResult { items, metadata: json!({"resourceVersion": rev.to_string()}) });
     }
     let prefix = Api::prefix::<T>(ns);
     let (mut rev, mut start) = match q.continue_token {
         Some(t) => decode_continue(t)?,
+        None if q.exact => (q.resource_version.unwrap_or(0), String::new()),
         None => (0, String::new()),
     };
     let limit = if q.limit > 0 { q.limit } else { 500 };
@@ -76,7 +132,7 @@ pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -
             start = format!("{}\0", &key[prefix.len()..]);
             let o: T = storage::decode(&value, mod_rev)?;
             if keep(&o) {
-                items.push(o);
+                items.push(Entry::new(o));
             }
             if items.len() as i64 == limit && q.limit > 0 {
                 let left = page.remaining + (fetched - i - 1) as i64;
@@ -87,6 +143,34 @@ pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -
             return Ok(ListResult { items, metadata: json!({"resourceVersion": rev.to_string()}) });
         }
     }
+}
+
+/// The LIST served from the watch cache, when it may be (see the module's top).
+async fn from_cache<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -> Result<Option<ListResult<T>>, ApiError> {
+    let Some(caches) = &api.caches else { return Ok(None) };
+    let any = q.resource_version == Some(0);
+    if q.continue_token.is_some() || q.exact || (q.limit > 0 && !any) {
+        return Ok(None);
+    }
+    let cache = caches.of::<T>().await?;
+    let fresh = match q.resource_version {
+        None => caches.wait_fresh().await?,
+        Some(0) => true,
+        Some(rv) => {
+            if !caches.wait_for(rv).await? {
+                let msg = format!("Too large resource version: {rv}, current: {}", cache.revision());
+                return Err(ApiError::new(504, "Timeout", msg));
+            }
+            true
+        }
+    };
+    if !fresh {
+        tracing::warn!(kind = T::KIND, "watch cache behind etcd: listing from etcd");
+        return Ok(None);
+    }
+    let (entries, rev) = cache.list(&Api::prefix::<T>(ns));
+    let items = entries.into_iter().filter(|e| crate::watch::matches(&e.obj, q.labels, q.fields)).collect();
+    Ok(Some(ListResult { items, metadata: json!({"resourceVersion": rev.to_string()}) }))
 }
 
 /// `metadata` of a page that has more after it.

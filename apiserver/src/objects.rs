@@ -64,6 +64,8 @@ const RETRIES: usize = 32;
 pub struct Api {
     pub store: Store,
     pub cfg: Arc<Config>,
+    /// The watch cache (`None` with `--watch-cache=false`).
+    pub caches: Option<crate::cacher::Caches>,
 }
 
 fn owner<T: Object>(o: &T) -> String {

@@ -356,7 +356,7 @@ impl IncludeObject {
 
 /// A `meta.k8s.io/v1` Table of `items`. `headers`: include the column definitions (a watch
 /// sends them with its first event only).
-pub fn table<T: Printable>(items: &[T], resource_version: Option<String>, headers: bool, include: IncludeObject) -> Value {
+pub fn table<T: Printable>(items: &[&T], resource_version: Option<String>, headers: bool, include: IncludeObject) -> Value {
     let now = jiff::Timestamp::now().as_second();
     let columns: Vec<Value> = if headers {
         T::COLUMNS

@@ -275,11 +275,27 @@ impl Store {
         prefix: &str,
         start_revision: i64,
     ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
-        let opts = WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision);
+        self.watch_with(prefix, WatchOptions::new().with_prefix().with_prev_key().with_start_revision(start_revision)).await
+    }
+
+    /// Watch every key from `start_revision` (inclusive), without the previous values:
+    /// the watch cache's one watch.
+    pub async fn watch_all(
+        &self,
+        start_revision: i64,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
+        self.watch_with("\0", WatchOptions::new().with_all_keys().with_start_revision(start_revision)).await
+    }
+
+    async fn watch_with(
+        &self,
+        key: &str,
+        opts: WatchOptions,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<RawEvent>, ApiError>> + Send + 'static, ApiError> {
         let (watcher, stream) = self
             .run(Kind::Read, |c| {
                 let opts = opts.clone();
-                async move { c.watch_client().max_decoding_message_size(MAX_RESPONSE).watch(prefix, Some(opts)).await }
+                async move { c.watch_client().max_decoding_message_size(MAX_RESPONSE).watch(key, Some(opts)).await }
             })
             .await?;
         Ok(futures::stream::unfold((watcher, stream, false), |(watcher, mut stream, done)| async move {

@@ -50,10 +50,11 @@ fn unread_watch(c: &Cluster, query: &str) -> std::net::TcpStream {
 
 /// Three watchers that never read must not take the API down: every write succeeds while
 /// their streams back up, each is dropped once it is too far behind, and etcd is left
-/// serving none of their watches.
+/// serving none of their watches. (With `--watch-cache=false`, so that each watch is an
+/// etcd watch that can be counted; tests/watchcache.rs has the cached case.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_that_never_read_do_not_take_the_api_down() {
-    let c = Cluster::start().await;
+    let c = Cluster::start_with(|cfg| cfg.watch_cache = false).await;
     let baseline = settled_watchers(&c.etcd).await;
     let _idle: Vec<_> = (0..3).map(|_| unread_watch(&c, "")).collect();
     eventually(10, "three watches at etcd", || async { (etcd_watchers(&c.etcd).await >= baseline + 3).then_some(()) }).await;
@@ -70,14 +71,27 @@ async fn watchers_that_never_read_do_not_take_the_api_down() {
     eventually(20, "the slow watchers' etcd watches to end", || async { (etcd_watchers(&c.etcd).await <= baseline).then_some(()) }).await;
 }
 
-/// `timeoutSeconds` ends a watch even when its client reads nothing.
+/// `timeoutSeconds` ends a watch even when its client reads nothing: its etcd watch ends
+/// (without the watch cache), and its response ends (with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_seconds_ends_an_unread_watch() {
-    let c = Cluster::start().await;
+    let c = Cluster::start_with(|cfg| cfg.watch_cache = false).await;
     let baseline = settled_watchers(&c.etcd).await;
     let _idle = unread_watch(&c, "&timeoutSeconds=1");
     eventually(10, "the watch at etcd", || async { (etcd_watchers(&c.etcd).await > baseline).then_some(()) }).await;
     eventually(10, "the watch to end after its timeout", || async { (etcd_watchers(&c.etcd).await <= baseline).then_some(()) }).await;
+
+    let c = Cluster::start().await;
+    let mut idle = unread_watch(&c, "&timeoutSeconds=1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !got.ends_with(b"\r\n0\r\n\r\n") {
+        let n = std::io::Read::read(&mut idle, &mut buf).expect("the cached watch's response ends after its timeout");
+        assert!(n > 0, "connection closed before the response ended");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// A body nested 100,000 deep is refused at once with a 400 that says why, and never
@@ -275,7 +289,7 @@ async fn the_apiserver_starts_and_answers_while_etcd_is_down() {
 /// after an etcd restart until their watch timed out, ~5 minutes later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_ends_when_etcd_goes_away() {
-    let mut c = Cluster::start().await;
+    let mut c = Cluster::start_with(|cfg| cfg.watch_cache = false).await;
     for bookmarks in ["false", "true"] {
         let r = c.http.get(c.url(&format!("{CMS}?watch=true&resourceVersion=0&allowWatchBookmarks={bookmarks}"))).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -287,6 +301,35 @@ async fn a_watch_ends_when_etcd_goes_away() {
         c.etcd.restart();
         eventually(20, "etcd back", || async { (c.get(CMS).await.0 == 200).then_some(()) }).await;
     }
+}
+
+/// With the watch cache, an etcd restart is not the clients' business: the cache's own
+/// watch resumes from the last revision it saw, and a client's watch carries on and sees
+/// what is written after etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_watch_carries_on_through_an_etcd_restart() {
+    let mut c = Cluster::start().await;
+    let r = c.http.get(c.url(&format!("{CMS}?watch=true&resourceVersion=0"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    c.etcd.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.etcd.restart();
+    let created = eventually(20, "a write after etcd is back", || async {
+        let (code, v) = c.post(CMS, &json!({"metadata": {"name": "after"}})).await;
+        (code == 201).then_some(v)
+    })
+    .await;
+    let mut text = String::new();
+    let read = async {
+        while !text.contains("\"after\"") {
+            let chunk = futures::StreamExt::next(&mut stream).await.expect("the watch carries on").unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("the event after the restart arrives");
+    assert!(text.contains(created["metadata"]["resourceVersion"].as_str().unwrap()), "{text}");
+    assert!(!text.contains("\"ERROR\""), "{text}");
 }
 
 /// Only a node may register itself or say where it is (its status addresses are where the
