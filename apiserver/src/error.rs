@@ -45,6 +45,21 @@ impl ApiError {
         use pkg::api::CauseExt;
         ApiError::invalid(kind, "", vec![StatusCause::invalid(field, "", why)])
     }
+    /// `504` for a `resourceVersion` the server has not reached, with the cause client-go's
+    /// reflector looks for (it then lists without one).
+    pub fn too_large_resource_version(asked: i64, current: i64) -> Self {
+        let mut e = Self::new(504, "Timeout", format!("Too large resource version: {asked}, current: {current}"));
+        e.0.details = Some(pkg::api::StatusDetails {
+            causes: Some(vec![StatusCause {
+                reason: Some("ResourceVersionTooLarge".into()),
+                message: Some("Too large resource version".into()),
+                field: None,
+            }]),
+            retry_after_seconds: Some(1),
+            ..Default::default()
+        });
+        e
+    }
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }

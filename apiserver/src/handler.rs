@@ -119,7 +119,8 @@ async fn list<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Respons
         return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
     }
     let param = |k: &str| r.params.get(k).map(String::as_str);
-    let (resource_version, exact) = list::resource_version(param("resourceVersion"), param("resourceVersionMatch"))?;
+    let (resource_version, exact) =
+        list::resource_version(param("resourceVersion"), param("resourceVersionMatch"), limit, continue_token.is_some())?;
     let q = ListQuery { labels: &l, fields: &f, limit, continue_token, resource_version, exact };
     let res = list::list::<T>(api, r.ns, &q).await?;
     match r.out {

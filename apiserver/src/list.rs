@@ -44,11 +44,25 @@ impl<'a> ListQuery<'a> {
     }
 }
 
-/// `resourceVersion` and `resourceVersionMatch` of a LIST: (revision, exact).
-pub fn resource_version(rv: Option<&str>, rv_match: Option<&str>) -> Result<(Option<i64>, bool), ApiError> {
+/// `resourceVersion` and `resourceVersionMatch` of a LIST: (revision, exact). As in
+/// Kubernetes, a revision with a `limit` and no match is exact (the legacy rule).
+pub fn resource_version(rv: Option<&str>, rv_match: Option<&str>, limit: i64, continued: bool) -> Result<(Option<i64>, bool), ApiError> {
+    if continued && rv_match.is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::invalid_options(
+            "ListOptions",
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden when continue is provided",
+        ));
+    }
+    let (rv, exact) = parse_resource_version(rv, rv_match)?;
+    let legacy_exact = limit > 0 && rv_match.is_none_or(|m| m.is_empty()) && rv.is_some_and(|r| r > 0);
+    Ok((rv, exact || legacy_exact))
+}
+
+fn parse_resource_version(rv: Option<&str>, rv_match: Option<&str>) -> Result<(Option<i64>, bool), ApiError> {
     let rv = match rv.filter(|r| !r.is_empty()) {
         None => None,
-        Some(r) => Some(r.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+        Some(r) => Some(r.parse::<i64>().ok().filter(|r| (0..i64::MAX).contains(r)).ok_or_else(|| {
             ApiError::invalid_options("ListOptions", "resourceVersion", &format!("{r:?}: must be a non-negative integer"))
         })?),
     };
@@ -63,7 +77,7 @@ pub fn resource_version(rv: Option<&str>, rv_match: Option<&str>) -> Result<(Opt
         (Some("Exact"), Some(0)) => Err(ApiError::invalid_options(
             "ListOptions",
             "resourceVersionMatch",
-            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+            "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
         )),
         (Some("Exact"), _) => Ok((rv, true)),
         (Some(m), _) => Err(ApiError::invalid_options(
@@ -158,8 +172,7 @@ async fn from_cache<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>)
         Some(0) => true,
         Some(rv) => {
             if !caches.wait_for(rv).await? {
-                let msg = format!("Too large resource version: {rv}, current: {}", cache.revision());
-                return Err(ApiError::new(504, "Timeout", msg));
+                return Err(ApiError::too_large_resource_version(rv, cache.revision()));
             }
             true
         }
@@ -198,6 +211,23 @@ fn expired(e: ApiError, q: &ListQuery<'_>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_version_and_match_are_read_as_kubernetes_does() {
+        let rv = |v, m, limit, cont| resource_version(v, m, limit, cont).map_err(|e| e.code());
+        assert_eq!(rv(None, None, 0, false), Ok((None, false)));
+        assert_eq!(rv(Some("0"), None, 0, false), Ok((Some(0), false)));
+        assert_eq!(rv(Some("7"), Some("NotOlderThan"), 0, false), Ok((Some(7), false)));
+        assert_eq!(rv(Some("7"), Some("Exact"), 0, false), Ok((Some(7), true)));
+        assert_eq!(rv(Some("7"), None, 50, false), Ok((Some(7), true)), "legacy: a revision with a limit is exact");
+        assert_eq!(rv(Some("0"), None, 50, false), Ok((Some(0), false)));
+        for bad in [(Some("x"), None), (None, Some("Exact")), (Some("0"), Some("Exact")), (Some("7"), Some("Newest"))] {
+            assert_eq!(rv(bad.0, bad.1, 0, false), Err(422), "{bad:?}");
+        }
+        let top = i64::MAX.to_string();
+        assert_eq!(rv(Some(top.as_str()), None, 0, false), Err(422), "no overflow at the top");
+        assert_eq!(rv(None, Some("NotOlderThan"), 0, true), Err(422), "a match with continue");
+    }
 
     #[test]
     fn continue_tokens_round_trip_and_reject_forgeries() {

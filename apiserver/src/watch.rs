@@ -126,7 +126,10 @@ fn start_of(p: &HashMap<String, String>) -> Result<Start, ApiError> {
         (None | Some("0"), None) | (_, Some(true)) => Start::Objects { consistent: rv != Some("0"), bookmark: send_initial == Some(true) },
         (None, Some(false)) => Start::Now,
         (Some(rv), _) => Start::After(
-            rv.parse().ok().filter(|r| *r >= 0).ok_or_else(|| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            rv.parse()
+                .ok()
+                .filter(|r| (0..i64::MAX).contains(r))
+                .ok_or_else(|| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
         ),
     })
 }
@@ -213,13 +216,18 @@ async fn from_cache<T: Strategy + Printable>(
     let cache = caches.of::<T>().await?;
     let prefix = Api::prefix::<T>(ns);
     let (l, f) = sel.clone();
+    let index = f.0.iter().find(|(path, _, eq)| path == crate::cacher::INDEXED && *eq).map(|(_, v, _)| v.as_str());
     let mut first = true;
     let sub = match *start {
         Start::Objects { consistent: true, .. } if !caches.wait_fresh().await? => return Ok(None),
-        Start::Objects { .. } => cache.subscribe_with_objects(&prefix),
+        Start::Objects { .. } => cache.subscribe_with_objects(&prefix, index),
         Start::Now if !caches.wait_fresh().await? => return Ok(None),
-        Start::Now => cache.subscribe_from(i64::MAX).expect("nothing is after the end"),
-        Start::After(rv) => match cache.subscribe_from(rv + 1) {
+        Start::Now => cache.subscribe_from(i64::MAX, index).expect("nothing is after the end"),
+        // A revision the cache has not reached: wait for it, as for a LIST.
+        Start::After(rv) if rv > cache.revision() && !caches.wait_for(rv).await? => {
+            return Err(ApiError::too_large_resource_version(rv, cache.revision()));
+        }
+        Start::After(rv) => match cache.subscribe_from(rv + 1, index) {
             Some(sub) => sub,
             None => return Ok(None),
         },

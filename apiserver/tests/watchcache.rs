@@ -135,6 +135,10 @@ async fn a_list_at_a_resource_version_is_exactly_that_snapshot() {
     // A revision etcd has not reached yet: Kubernetes' "Too large resource version" after a wait.
     let (code, st) = c.get(&format!("{CMS}?resourceVersion={}", rv.parse::<i64>().unwrap() + 1_000_000)).await;
     assert_eq!((code, st["reason"].as_str()), (504, Some("Timeout")), "{st}");
+    assert_eq!(st["details"]["causes"][0]["reason"], "ResourceVersionTooLarge", "what client-go's reflector looks for: {st}");
+    // With a limit, a resourceVersion without a match is exact (Kubernetes' legacy rule).
+    let (_, page) = c.get(&format!("{CMS}?limit=2&resourceVersion={rv}")).await;
+    assert_eq!(contents(&page).keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["default/a", "default/b"], "{page}");
     // Compacted away: 410, as from etcd.
     let mut etcd = etcd_client::Client::connect([c.etcd.url.as_str()], None).await.unwrap();
     let now = etcd.get("/", None).await.unwrap().header().unwrap().revision();

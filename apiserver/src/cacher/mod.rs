@@ -21,7 +21,10 @@
 //! Each cache fans its events out through a broadcast channel of [`FANOUT`] events: a
 //! sender never waits, and a watcher that falls that far behind is told it lagged and its
 //! watch ends (it resumes from the last revision it saw), as the cacher closes
-//! unresponsive watchers without slowing anyone else.
+//! unresponsive watchers without slowing anyone else. A watch that selects one value of
+//! [`INDEXED`] — each kubelet's `fieldSelector=spec.nodeName=<node>` — gets a channel of
+//! that value, which only changes to objects with that value (before or after) go on:
+//! 500 nodes' watches are not all woken for every pod of the cluster.
 //!
 //! Upstream: k8s.io/apiserver/pkg/storage/cacher/cacher.go, cache_watcher.go
 
@@ -42,6 +45,8 @@ use tokio::sync::{broadcast, watch};
 pub const RING: usize = 10_000;
 /// Events a watcher may fall behind before its watch is ended.
 pub const FANOUT: usize = 4_096;
+/// The field whose values watches are indexed by (kube-apiserver indexes pods by it too).
+pub const INDEXED: &str = "spec.nodeName";
 /// How long a consistent read waits for the cache to reach etcd's revision before it
 /// reads etcd itself.
 const FRESH_WAIT: Duration = Duration::from_secs(3);
@@ -55,6 +60,35 @@ pub struct Cache<T> {
 struct Shared<T> {
     snap: Snapshot<T>,
     tx: broadcast::Sender<Arc<Event<T>>>,
+    /// One channel per value of [`INDEXED`] some watch selects.
+    by_value: HashMap<String, broadcast::Sender<Arc<Event<T>>>>,
+}
+
+impl<T: Strategy> Shared<T> {
+    /// A receiver of every event, or of the events of objects whose [`INDEXED`] field
+    /// is (or was) `index`.
+    fn receiver(&mut self, index: Option<&str>) -> broadcast::Receiver<Arc<Event<T>>> {
+        match index {
+            None => self.tx.subscribe(),
+            Some(v) => {
+                self.by_value.retain(|_, tx| tx.receiver_count() > 0);
+                self.by_value.entry(v.to_string()).or_insert_with(|| broadcast::channel(FANOUT).0).subscribe()
+            }
+        }
+    }
+
+    fn send(&self, ev: Arc<Event<T>>) {
+        if !self.by_value.is_empty() {
+            let mut values: Vec<String> = [&ev.new, &ev.prev].into_iter().flatten().map(|e| e.obj.field(INDEXED)).collect();
+            values.dedup();
+            for v in values {
+                if let Some(tx) = self.by_value.get(&v) {
+                    let _ = tx.send(ev.clone());
+                }
+            }
+        }
+        let _ = self.tx.send(ev); // no watcher: nothing to do
+    }
 }
 
 /// What a watch served from the cache starts with.
@@ -74,7 +108,7 @@ pub enum Backlog<T> {
 
 impl<T: Strategy> Cache<T> {
     fn new() -> Cache<T> {
-        Cache { state: RwLock::new(Shared { snap: Snapshot::new(RING), tx: broadcast::channel(FANOUT).0 }) }
+        Cache { state: RwLock::new(Shared { snap: Snapshot::new(RING), tx: broadcast::channel(FANOUT).0, by_value: HashMap::new() }) }
     }
 
     /// The objects under `prefix` and the revision they are current at.
@@ -83,18 +117,21 @@ impl<T: Strategy> Cache<T> {
         (s.snap.list(prefix), s.snap.revision())
     }
 
-    /// Subscribe, starting with the objects under `prefix` now.
-    pub fn subscribe_with_objects(&self, prefix: &str) -> Subscription<T> {
-        let s = self.state.read().unwrap();
-        Subscription { backlog: Backlog::Objects(s.snap.list(prefix)), revision: s.snap.revision(), live: s.tx.subscribe() }
+    /// Subscribe, starting with the objects under `prefix` now; `index`: only changes to
+    /// objects whose [`INDEXED`] field is (or was) this value.
+    pub fn subscribe_with_objects(&self, prefix: &str, index: Option<&str>) -> Subscription<T> {
+        let mut s = self.state.write().unwrap();
+        let live = s.receiver(index);
+        Subscription { backlog: Backlog::Objects(s.snap.list(prefix)), revision: s.snap.revision(), live }
     }
 
     /// Subscribe to the events at `from` and after; `None` when they are no longer all
     /// in the ring.
-    pub fn subscribe_from(&self, from: i64) -> Option<Subscription<T>> {
-        let s = self.state.read().unwrap();
+    pub fn subscribe_from(&self, from: i64, index: Option<&str>) -> Option<Subscription<T>> {
+        let mut s = self.state.write().unwrap();
         let events = s.snap.since(from)?;
-        Some(Subscription { backlog: Backlog::Events(events), revision: s.snap.revision(), live: s.tx.subscribe() })
+        let live = s.receiver(index);
+        Some(Subscription { backlog: Backlog::Events(events), revision: s.snap.revision(), live })
     }
 
     pub fn revision(&self) -> i64 {
@@ -117,19 +154,15 @@ impl<T: Strategy> Sink for Cache<T> {
         let mut s = self.state.write().unwrap();
         s.snap.replace(objects, revision);
         s.tx = broadcast::channel(FANOUT).0; // the old receivers see the channel close
+        s.by_value.clear();
     }
 
     fn apply(&self, key: &str, value: Option<&[u8]>, revision: i64) {
-        let new = match value {
-            Some(v) => match decoded::<T>(key, v, revision) {
-                Some(o) => Some(o),
-                None => return,
-            },
-            None => None,
-        };
+        // An object that does not decode cannot be served: it leaves the cache (as DELETED).
+        let new = value.and_then(|v| decoded::<T>(key, v, revision));
         let mut s = self.state.write().unwrap();
         let ev = s.snap.apply(key, new, revision);
-        let _ = s.tx.send(ev); // no watcher: nothing to do
+        s.send(ev);
     }
 
     fn progress(&self, revision: i64) {
@@ -155,10 +188,16 @@ pub struct Caches {
 
 struct Inner {
     store: Store,
-    /// The caches by kind (`T::KIND`), each also in `sinks`.
+    /// The caches by kind (`T::KIND`), each also in `sinks`; held while a cache is filled
+    /// and while the dispatcher applies a batch.
     kinds: tokio::sync::Mutex<Dispatch>,
+    /// The same caches, for the lookup every request makes (never held across an await).
+    lookup: RwLock<HashMap<&'static str, Arc<dyn Any + Send + Sync>>>,
     /// The revision the dispatcher has applied (0: not started).
     applied: watch::Sender<i64>,
+    /// Asks the dispatcher to drop its etcd watch and start it again (a consistent read
+    /// found it behind for too long: its member may be cut off and its stream silent).
+    restart: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -171,11 +210,22 @@ struct Dispatch {
 
 impl Caches {
     pub fn new(store: Store) -> Caches {
-        Caches { inner: Arc::new(Inner { store, kinds: Default::default(), applied: watch::channel(0).0 }) }
+        let inner = Inner {
+            store,
+            kinds: Default::default(),
+            lookup: Default::default(),
+            applied: watch::channel(0).0,
+            restart: tokio::sync::Notify::new(),
+        };
+        Caches { inner: Arc::new(inner) }
     }
 
     /// The cache of `T`, made (and filled at the dispatcher's revision) on first use.
     pub async fn of<T: Strategy>(&self) -> Result<Arc<Cache<T>>, ApiError> {
+        let found = self.inner.lookup.read().unwrap().get(T::KIND).cloned();
+        if let Some(c) = found {
+            return Ok(c.downcast::<Cache<T>>().expect("one cache type per kind"));
+        }
         let mut d = self.inner.kinds.lock().await;
         if let Some(c) = d.by_kind.get(T::KIND) {
             return Ok(c.clone().downcast::<Cache<T>>().expect("one cache type per kind"));
@@ -190,6 +240,7 @@ impl Caches {
         let page = self.inner.store.list_page(prefix, prefix, rev, 0).await?;
         cache.replace(page.items, rev);
         d.by_kind.insert(T::KIND, cache.clone());
+        self.inner.lookup.write().unwrap().insert(T::KIND, cache.clone());
         d.sinks.push((prefix, cache.clone()));
         d.sinks.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         if !d.started {
@@ -208,11 +259,16 @@ impl Caches {
         self.wait_for(want).await
     }
 
-    /// Wait until every cache is current at `revision` (bounded by [`FRESH_WAIT`]).
+    /// Wait until every cache is current at `revision` (bounded by [`FRESH_WAIT`]; past
+    /// it, the dispatcher is told to start its etcd watch again).
     pub async fn wait_for(&self, revision: i64) -> Result<bool, ApiError> {
         let mut rx = self.inner.applied.subscribe();
         let reached = tokio::time::timeout(FRESH_WAIT, rx.wait_for(|r| *r >= revision)).await;
-        Ok(matches!(reached, Ok(Ok(_))))
+        let reached = matches!(reached, Ok(Ok(_)));
+        if !reached && *self.inner.applied.borrow() > 0 {
+            self.inner.restart.notify_one();
+        }
+        Ok(reached)
     }
 }
 
@@ -236,6 +292,13 @@ async fn dispatch(inner: Arc<Inner>, from: i64) {
                 refill_until_done(&inner).await;
             }
         }
+        // An etcd restored from a backup (or wiped) has less history than the cache saw:
+        // a watch from the cache's revision would wait for the future. Start over then.
+        let applied = *inner.applied.borrow();
+        if matches!(inner.store.current_revision().await, Ok(now) if now < applied) {
+            tracing::warn!(applied, "watch cache: etcd's revision went back; refilling");
+            refill_until_done(&inner).await;
+        }
         from = *inner.applied.borrow();
     }
 }
@@ -256,8 +319,14 @@ async fn refill_until_done(inner: &Inner) {
 async fn follow(inner: &Inner, from: i64) -> Result<(), ApiError> {
     let events = inner.store.watch_all(from + 1).await?;
     tokio::pin!(events);
-    while let Some(batch) = events.next().await {
-        let batch = batch?;
+    loop {
+        let batch = tokio::select! {
+            b = events.next() => match b {
+                Some(b) => b?,
+                None => return Ok(()),
+            },
+            _ = inner.restart.notified() => return Err(ApiError::unavailable("a read found the cache behind etcd: watching again")),
+        };
         let Some(last) = batch.last().map(|e| e.revision) else { continue };
         let d = inner.kinds.lock().await;
         for ev in &batch {
@@ -270,7 +339,6 @@ async fn follow(inner: &Inner, from: i64) -> Result<(), ApiError> {
         }
         inner.applied.send_replace(last);
     }
-    Ok(())
 }
 
 /// Read every cached kind again at one revision; returns it.
@@ -283,4 +351,43 @@ async fn refill(inner: &Inner) -> Result<i64, ApiError> {
     }
     inner.applied.send_replace(rev);
     Ok(rev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pkg::api::Pod;
+
+    fn pod(name: &str, node: &str) -> Vec<u8> {
+        let p = serde_json::json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": node, "containers": []}});
+        serde_json::to_vec(&p).unwrap()
+    }
+
+    fn revisions(rx: &mut broadcast::Receiver<Arc<Event<Pod>>>) -> Vec<i64> {
+        std::iter::from_fn(|| rx.try_recv().ok()).map(|e| e.revision).collect()
+    }
+
+    #[test]
+    fn an_indexed_watch_hears_only_its_nodes_pods() {
+        let c = Cache::<Pod>::new();
+        c.replace(vec![], 1);
+        let mut node_a = c.subscribe_from(2, Some("node-a")).unwrap().live;
+        let mut unbound = c.subscribe_from(2, Some("")).unwrap().live;
+        let mut all = c.subscribe_from(2, None).unwrap().live;
+        c.apply("/registry/pods/default/x", Some(&pod("x", "node-b")), 2);
+        c.apply("/registry/pods/default/y", Some(&pod("y", "")), 3);
+        c.apply("/registry/pods/default/y", Some(&pod("y", "node-a")), 4); // bound: leaves "", reaches node-a
+        c.apply("/registry/pods/default/y", None, 5);
+        assert_eq!(revisions(&mut node_a), [4, 5]);
+        assert_eq!(revisions(&mut unbound), [3, 4]);
+        assert_eq!(revisions(&mut all), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn an_object_that_no_longer_decodes_leaves_the_cache() {
+        let c = Cache::<Pod>::new();
+        c.replace(vec![("/registry/pods/default/x".into(), pod("x", "n"), 1)], 1);
+        c.apply("/registry/pods/default/x", Some(b"{not json"), 2);
+        assert!(c.list("/registry/pods/").0.is_empty());
+    }
 }
