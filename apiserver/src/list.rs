@@ -167,19 +167,14 @@ async fn from_cache<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>)
         return Ok(None);
     }
     let cache = caches.of::<T>().await?;
-    let fresh = match q.resource_version {
-        None => caches.wait_fresh().await?,
-        Some(0) => true,
-        Some(rv) => {
-            if !caches.wait_for(rv).await? {
-                return Err(ApiError::too_large_resource_version(rv, cache.revision()));
-            }
-            true
+    match q.resource_version {
+        Some(0) => {}
+        Some(rv) => caches.reach(rv).await?,
+        None if !caches.wait_fresh().await? => {
+            tracing::warn!(kind = T::KIND, "watch cache behind etcd: listing from etcd");
+            return Ok(None);
         }
-    };
-    if !fresh {
-        tracing::warn!(kind = T::KIND, "watch cache behind etcd: listing from etcd");
-        return Ok(None);
+        None => {}
     }
     let (entries, rev) = cache.list(&Api::prefix::<T>(ns));
     let items = entries.into_iter().filter(|e| crate::watch::matches(&e.obj, q.labels, q.fields)).collect();

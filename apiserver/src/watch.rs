@@ -74,9 +74,10 @@ pub fn matches<T: Strategy>(o: &T, l: &LabelSelector, f: &FieldSelector) -> bool
 /// Which event a change is for this client, if any: with a selector, an object that
 /// starts matching is ADDED and one that stops is DELETED. (`prev` of a delete carries
 /// the delete's revision, so a client can resume from it.)
-fn choose<'a, T: Strategy>(new: Option<&'a T>, prev: Option<&'a T>, l: &LabelSelector, f: &FieldSelector) -> Option<(&'static str, &'a T)> {
-    let new_m = new.is_some_and(|o| matches(o, l, f));
-    let prev_m = prev.is_some_and(|o| matches(o, l, f));
+/// `X` is the object or what holds it (a cache entry); `wanted` says whether one matches.
+fn choose<'a, X>(new: Option<&'a X>, prev: Option<&'a X>, wanted: impl Fn(&X) -> bool) -> Option<(&'static str, &'a X)> {
+    let new_m = new.is_some_and(&wanted);
+    let prev_m = prev.is_some_and(&wanted);
     match (new, prev) {
         (Some(n), _) if new_m && prev_m => Some(("MODIFIED", n)),
         (Some(n), _) if new_m => Some(("ADDED", n)),
@@ -94,7 +95,7 @@ fn translate<T: Strategy>(ev: &RawEvent, l: &LabelSelector, f: &FieldSelector) -
     if let (None, Some(p)) = (&new, &mut prev) {
         p.meta_mut().resource_version = Some(ev.revision.to_string());
     }
-    choose(new.as_ref(), prev.as_ref(), l, f).map(|(k, o)| (k, o.clone()))
+    choose(new.as_ref(), prev.as_ref(), |o| matches(o, l, f)).map(|(k, o)| (k, o.clone()))
 }
 
 /// Where a watch starts, from its `resourceVersion` and `sendInitialEvents`.
@@ -224,13 +225,13 @@ async fn from_cache<T: Strategy + Printable>(
         Start::Now if !caches.wait_fresh().await? => return Ok(None),
         Start::Now => cache.subscribe_from(i64::MAX, index).expect("nothing is after the end"),
         // A revision the cache has not reached: wait for it, as for a LIST.
-        Start::After(rv) if rv > cache.revision() && !caches.wait_for(rv).await? => {
-            return Err(ApiError::too_large_resource_version(rv, cache.revision()));
+        Start::After(rv) => {
+            caches.reach(rv).await?;
+            match cache.subscribe_from(rv + 1, index) {
+                Some(sub) => sub,
+                None => return Ok(None),
+            }
         }
-        Start::After(rv) => match cache.subscribe_from(rv + 1, index) {
-            Some(sub) => sub,
-            None => return Ok(None),
-        },
     };
     let mut initial = vec![];
     match &sub.backlog {
@@ -278,12 +279,7 @@ fn one_event<T: Strategy + Printable>(
     if !ev.key.starts_with(prefix) {
         return None;
     }
-    let (kind, _) = choose(ev.new.as_ref().map(|e| &e.obj), ev.prev.as_ref().map(|e| &e.obj), l, f)?;
-    let entry = match (kind, &ev.new) {
-        ("DELETED", None) => ev.prev.as_ref()?,
-        (_, Some(n)) => n,
-        _ => return None,
-    };
+    let (kind, entry) = choose(ev.new.as_ref(), ev.prev.as_ref(), |e| matches(&e.obj, l, f))?;
     Some(cached_event(kind, entry, out, first))
 }
 
@@ -393,7 +389,7 @@ mod tests {
         let l = LabelSelector::parse("tier=front").unwrap();
         let f = FieldSelector::default();
         let (front, back) = (cm("front"), cm("back"));
-        let kind = |new: Option<&ConfigMap>, prev: Option<&ConfigMap>| choose(new, prev, &l, &f).map(|(k, _)| k);
+        let kind = |new: Option<&ConfigMap>, prev: Option<&ConfigMap>| choose(new, prev, |o| matches(o, &l, &f)).map(|(k, _)| k);
         assert_eq!(kind(Some(&front), None), Some("ADDED"));
         assert_eq!(kind(Some(&front), Some(&front)), Some("MODIFIED"));
         assert_eq!(kind(Some(&front), Some(&back)), Some("ADDED"), "starts matching");

@@ -188,10 +188,11 @@ pub struct Caches {
 
 struct Inner {
     store: Store,
-    /// The caches by kind (`T::KIND`), each also in `sinks`; held while a cache is filled
-    /// and while the dispatcher applies a batch.
+    /// The caches by prefix, for the dispatcher; held while a cache is filled and while
+    /// the dispatcher applies a batch.
     kinds: tokio::sync::Mutex<Dispatch>,
-    /// The same caches, for the lookup every request makes (never held across an await).
+    /// The same caches by kind (`T::KIND`), for the lookup every request makes (never held
+    /// across an await).
     lookup: RwLock<HashMap<&'static str, Arc<dyn Any + Send + Sync>>>,
     /// The revision the dispatcher has applied (0: not started).
     applied: watch::Sender<i64>,
@@ -202,10 +203,8 @@ struct Inner {
 
 #[derive(Default)]
 struct Dispatch {
-    by_kind: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
-    /// (storage prefix, cache), longest prefixes first.
+    /// (storage prefix, cache), longest prefixes first; the dispatcher runs once there is one.
     sinks: Vec<(&'static str, Arc<dyn Sink>)>,
-    started: bool,
 }
 
 impl Caches {
@@ -222,29 +221,27 @@ impl Caches {
 
     /// The cache of `T`, made (and filled at the dispatcher's revision) on first use.
     pub async fn of<T: Strategy>(&self) -> Result<Arc<Cache<T>>, ApiError> {
-        let found = self.inner.lookup.read().unwrap().get(T::KIND).cloned();
-        if let Some(c) = found {
+        let found = || self.inner.lookup.read().unwrap().get(T::KIND).cloned();
+        if let Some(c) = found() {
             return Ok(c.downcast::<Cache<T>>().expect("one cache type per kind"));
         }
         let mut d = self.inner.kinds.lock().await;
-        if let Some(c) = d.by_kind.get(T::KIND) {
-            return Ok(c.clone().downcast::<Cache<T>>().expect("one cache type per kind"));
+        if let Some(c) = found() {
+            return Ok(c.downcast::<Cache<T>>().expect("one cache type per kind"));
+            // filled meanwhile
         }
-        let applied = *self.inner.applied.borrow();
-        let rev = match applied {
-            0 => self.inner.store.current_revision().await?,
-            r => r,
+        let first = d.sinks.is_empty();
+        let rev = match first {
+            true => self.inner.store.current_revision().await?,
+            false => *self.inner.applied.borrow(),
         };
         let cache = Arc::new(Cache::<T>::new());
         let prefix = storage::prefix::<T>();
-        let page = self.inner.store.list_page(prefix, prefix, rev, 0).await?;
-        cache.replace(page.items, rev);
-        d.by_kind.insert(T::KIND, cache.clone());
+        fill(&self.inner.store, prefix, cache.as_ref(), rev).await?;
         self.inner.lookup.write().unwrap().insert(T::KIND, cache.clone());
         d.sinks.push((prefix, cache.clone()));
         d.sinks.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        if !d.started {
-            d.started = true;
+        if first {
             self.inner.applied.send_replace(rev);
             tokio::spawn(dispatch(self.inner.clone(), rev));
         }
@@ -257,6 +254,15 @@ impl Caches {
     pub async fn wait_fresh(&self) -> Result<bool, ApiError> {
         let want = self.inner.store.current_revision().await?;
         self.wait_for(want).await
+    }
+
+    /// Wait until every cache is current at a revision a client named; one the cache does
+    /// not reach in time is Kubernetes' 504 "Too large resource version".
+    pub async fn reach(&self, revision: i64) -> Result<(), ApiError> {
+        match self.wait_for(revision).await? {
+            true => Ok(()),
+            false => Err(ApiError::too_large_resource_version(revision, *self.inner.applied.borrow())),
+        }
     }
 
     /// Wait until every cache is current at `revision` (bounded by [`FRESH_WAIT`]; past
@@ -278,19 +284,15 @@ impl Caches {
 /// watches carry on, as behind kube-apiserver's reflector); when etcd has compacted past
 /// that revision, every cache is refilled at etcd's revision then, and every watch served
 /// from the old contents ends (its client lists or watches again).
-async fn dispatch(inner: Arc<Inner>, from: i64) {
-    let mut from = from;
+async fn dispatch(inner: Arc<Inner>, mut from: i64) {
     loop {
-        match follow(&inner, from).await {
-            Err(e) if e.code() == 503 => {
-                tracing::warn!(error = %e.message(), "watch cache: etcd watch ended; resuming");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Ok(()) => tokio::time::sleep(Duration::from_secs(1)).await,
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "watch cache: cannot resume the etcd watch; refilling");
-                refill_until_done(&inner).await;
-            }
+        let ended = follow(&inner, from).await;
+        if ended.code() == 503 {
+            tracing::warn!(error = %ended.message(), "watch cache: etcd watch ended; resuming");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            tracing::warn!(error = %ended.message(), "watch cache: cannot resume the etcd watch; refilling");
+            refill_until_done(&inner).await;
         }
         // An etcd restored from a backup (or wiped) has less history than the cache saw:
         // a watch from the cache's revision would wait for the future. Start over then.
@@ -306,7 +308,7 @@ async fn dispatch(inner: Arc<Inner>, from: i64) {
 async fn refill_until_done(inner: &Inner) {
     loop {
         match refill(inner).await {
-            Ok(_) => return,
+            Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e.message(), "watch cache: cannot refill yet");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -315,17 +317,21 @@ async fn refill_until_done(inner: &Inner) {
     }
 }
 
-/// Apply the events after revision `from` until the watch ends.
-async fn follow(inner: &Inner, from: i64) -> Result<(), ApiError> {
-    let events = inner.store.watch_all(from + 1).await?;
+/// Apply the events after revision `from` until the watch ends; returns why it ended.
+async fn follow(inner: &Inner, from: i64) -> ApiError {
+    let events = match inner.store.watch_all(from + 1).await {
+        Ok(events) => events,
+        Err(e) => return e,
+    };
     tokio::pin!(events);
     loop {
         let batch = tokio::select! {
             b = events.next() => match b {
-                Some(b) => b?,
-                None => return Ok(()),
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return e,
+                None => return ApiError::unavailable("etcd closed the watch"),
             },
-            _ = inner.restart.notified() => return Err(ApiError::unavailable("a read found the cache behind etcd: watching again")),
+            _ = inner.restart.notified() => return ApiError::unavailable("a read found the cache behind etcd: watching again"),
         };
         let Some(last) = batch.last().map(|e| e.revision) else { continue };
         let d = inner.kinds.lock().await;
@@ -341,16 +347,22 @@ async fn follow(inner: &Inner, from: i64) -> Result<(), ApiError> {
     }
 }
 
-/// Read every cached kind again at one revision; returns it.
-async fn refill(inner: &Inner) -> Result<i64, ApiError> {
+/// Read every cached kind again at one revision.
+async fn refill(inner: &Inner) -> Result<(), ApiError> {
     let d = inner.kinds.lock().await;
     let rev = inner.store.current_revision().await?;
     for (prefix, sink) in &d.sinks {
-        let page = inner.store.list_page(prefix, prefix, rev, 0).await?;
-        sink.replace(page.items, rev);
+        fill(&inner.store, prefix, sink.as_ref(), rev).await?;
     }
     inner.applied.send_replace(rev);
-    Ok(rev)
+    Ok(())
+}
+
+/// Fill one cache with its kind's objects as etcd held them at `revision`.
+async fn fill(store: &Store, prefix: &str, sink: &dyn Sink, revision: i64) -> Result<(), ApiError> {
+    let page = store.list_page(prefix, prefix, revision, 0).await?;
+    sink.replace(page.items, revision);
+    Ok(())
 }
 
 #[cfg(test)]
