@@ -5,6 +5,8 @@
 //!
 //! - [`client`]: talking to the apiserver (typed REST calls and informers);
 //! - [`kubelet`]: the node and its pods (the sync loop);
+//! - [`cri`]: the two plugins the kubelet drives, as traits: a container runtime and a pod
+//!   network;
 //! - [`runtime`]: containerd over gRPC (images, snapshots, containers, tasks);
 //! - [`registry`]: pulling images over the OCI distribution protocol;
 //! - [`network`]: bridge, veth, netns and addresses through rtnetlink; [`network_view`]: the
@@ -16,13 +18,17 @@
 //! - [`debug`]: the agent's own HTTP port (`/healthz`, `/debug/proxy`, `/debug/explain`,
 //!   `/debug/network`, and the node API);
 //! - [`auth`]: only the apiserver (its token) or the node itself may use that port;
-//! - [`firewall`]: what pods may not reach (etcd, the agents' port).
+//! - [`firewall`]: what pods may not reach (etcd, the agents' port);
+//! - [`hollow`]: `--hollow N`, N nodes in one process with a runtime and network that
+//!   touch nothing, for scale tests (kubemark's hollow nodes).
 
 pub mod auth;
 pub mod client;
+pub mod cri;
 pub mod debug;
 pub mod exec;
 pub mod firewall;
+pub mod hollow;
 pub mod kubelet;
 pub mod network;
 pub mod network_view;

@@ -16,9 +16,9 @@ struct Flags {
     /// The apiserver's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     apiserver: String,
-    /// This node's name.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    /// This node's name (required, except with --hollow).
+    #[arg(long, env = "NODE_NAME", required_unless_present = "hollow")]
+    node_name: Option<String>,
     /// This node's address (default: the address of the interface holding the default route).
     #[arg(long)]
     node_ip: Option<Ipv4Addr>,
@@ -39,6 +39,25 @@ struct Flags {
     /// How often the proxy rewrites every chain, repairing anything changed behind its back.
     #[arg(long, default_value_t = 30)]
     iptables_resync_seconds: u64,
+    /// No two proxy syncs closer together than this (kube-proxy's --min-sync-period); a
+    /// change after a quiet spell is still synced at once. Default 0 on a real node, 1000
+    /// on hollow ones.
+    #[arg(long)]
+    min_sync_period_millis: Option<u64>,
+    /// Run N hollow nodes in this process instead of one real node (as kubemark does):
+    /// the real kubelet and proxy loops over HTTP, with a runtime that runs nothing, a pod
+    /// network that wires nothing and rules rendered but not applied. For scale tests.
+    #[arg(long, value_name = "N")]
+    hollow: Option<usize>,
+    /// The hollow nodes' names: PREFIX0000, PREFIX0001, ...
+    #[arg(long, default_value = "hollow-")]
+    hollow_prefix: String,
+    /// Only the first K hollow nodes run a proxy (default: all of them).
+    #[arg(long, value_name = "K")]
+    hollow_proxies: Option<usize>,
+    /// The number of the first hollow node (to run several hollow processes side by side).
+    #[arg(long, default_value_t = 0)]
+    hollow_first: usize,
     /// How the proxy programs Services: KUBE-* chains through iptables, or one nftables
     /// table with verdict maps (`nft list table ip ownkube`).
     #[arg(long, value_enum, default_value_t = Mode::Iptables)]
@@ -87,6 +106,22 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let flags = Flags::parse();
+    if let Some(count) = flags.hollow {
+        return agent::hollow::run(agent::hollow::Hollow {
+            apiserver: flags.apiserver.clone(),
+            count,
+            first: flags.hollow_first,
+            prefix: flags.hollow_prefix.clone(),
+            state_root: flags.state_dir.join("hollow"),
+            cluster_cidr: flags.cluster_cidr.clone(),
+            proxy_mode: flags.proxy_mode,
+            proxy_resync: Duration::from_secs(flags.iptables_resync_seconds),
+            proxy_min_sync: Duration::from_millis(flags.min_sync_period_millis.unwrap_or(1000)),
+            proxies: flags.hollow_proxies,
+        })
+        .await;
+    }
+    let node_name = flags.node_name.clone().expect("clap requires --node-name without --hollow");
     let node_ip = match flags.node_ip {
         Some(ip) => ip,
         None => default_ip()?,
@@ -97,9 +132,9 @@ async fn main() -> anyhow::Result<()> {
         registries.mirrors.insert(name.to_string(), url.to_string());
     }
     let client = Client::new(&flags.apiserver);
-    let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode).on_node(&flags.node_name);
+    let proxier = Proxier::with_mode(Runner::default(), &flags.cluster_cidr, flags.proxy_mode).on_node(&node_name);
     let state = agent::debug::DebugState { proxy: proxier.stats.clone(), history: proxier.history.clone(), runner: Runner::default() };
-    tracing::info!(apiserver = %flags.apiserver, node = %flags.node_name, %node_ip, proxy_mode = ?flags.proxy_mode, "agent starting");
+    tracing::info!(apiserver = %flags.apiserver, node = %node_name, %node_ip, proxy_mode = ?flags.proxy_mode, "agent starting");
     let rt = Runtime::connect(&flags.containerd_socket).await?;
     let streaming = agent::streaming::Streaming {
         client: client.clone(),
@@ -125,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     let cfg = kubelet::Config {
-        node_name: flags.node_name.clone(),
+        node_name: node_name.clone(),
         node_ip,
         cluster_cidr: flags.cluster_cidr.clone(),
         state_dir: flags.state_dir.clone(),
@@ -144,11 +179,15 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let kube_client = kubelet::client_with_token(&flags.apiserver, node_token)?;
-    let reporting = agent::proxy::Reporting::with_events(kube_client.clone(), &flags.node_name);
+    let reporting = agent::proxy::Reporting::with_events(kube_client.clone(), &node_name);
     let kubelet = Kubelet::start(kube_client, rt, cfg).await?;
+    let timing = agent::proxy::Timing {
+        resync: Duration::from_secs(flags.iptables_resync_seconds),
+        min_sync: Duration::from_millis(flags.min_sync_period_millis.unwrap_or(0)),
+    };
     tokio::select! {
         _ = kubelet.run() => {}
-        _ = agent::proxy::run(client, proxier, Duration::from_secs(flags.iptables_resync_seconds), reporting) => {}
+        _ = agent::proxy::run(client, proxier, timing, reporting) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; pods and rules stay in place"),
     }
     Ok(())

@@ -336,6 +336,56 @@ pub async fn connect_in_netns(
     tokio::net::TcpStream::from_std(s)
 }
 
+/// The real pod network ([`crate::cri::PodNetwork`]): netlink in the node's namespace (or
+/// the namespace a test made for a whole node), and its `iptables`/`sysctl` runner.
+pub struct Netlink {
+    pub handle: Handle,
+    pub runner: crate::proxy::iptables::Runner,
+    /// The node's namespace when it is not this process's own.
+    pub netns: Option<PathBuf>,
+}
+
+impl Netlink {
+    /// The node's own namespace, or the named one (`Config::netns`).
+    pub async fn connect(netns: Option<&str>) -> anyhow::Result<Netlink> {
+        use crate::proxy::iptables::Runner;
+        Ok(match netns {
+            Some(name) => {
+                let path = Path::new(NETNS_DIR).join(name);
+                Netlink { handle: connect_in(&path).await?, runner: Runner::in_netns(name), netns: Some(path) }
+            }
+            None => Netlink { handle: connect()?, runner: Runner::default(), netns: None },
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::cri::PodNetwork for Netlink {
+    async fn prepare_node(&self, pod_cidr: Cidr, cluster_cidr: &str) -> anyhow::Result<()> {
+        ensure_bridge(&self.handle, pod_cidr).await?;
+        crate::kubelet::node::prepare_host(&self.runner, cluster_cidr, pod_cidr).await;
+        Ok(())
+    }
+    async fn attach(&self, netns_name: &str, pod_cidr: Cidr, ip: Ipv4Addr) -> anyhow::Result<PathBuf> {
+        let netns = create_netns(netns_name).await?;
+        attach_pod(&self.handle, netns_name, &netns, pod_cidr, ip).await?;
+        Ok(netns)
+    }
+    async fn detach(&self, netns_name: &str) -> anyhow::Result<()> {
+        detach_pod(&self.handle, netns_name).await
+    }
+    fn namespaces(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(NETNS_DIR) else { return vec![] };
+        rd.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect()
+    }
+    async fn ensure_route(&self, dest: Cidr, via: Ipv4Addr) -> anyhow::Result<()> {
+        ensure_route(&self.handle, dest, via).await
+    }
+    async fn connect(&self, addr: std::net::SocketAddr, timeout: std::time::Duration) -> std::io::Result<tokio::net::TcpStream> {
+        connect_in_netns(self.netns.clone(), addr, timeout).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,12 @@ async fn services_from_the_api_become_reachable() {
     let c = Cluster::start().await;
     let proxier = Proxier::new(Runner::in_netns(&lab.node.name), "10.244.0.0/16");
     let stats = proxier.stats.clone();
-    let loop_task = tokio::spawn(agent::proxy::run(Client::new(&c.base), proxier, Duration::from_secs(30), Default::default()));
+    let loop_task = tokio::spawn(agent::proxy::run(
+        Client::new(&c.base),
+        proxier,
+        agent::proxy::Timing::every(Duration::from_secs(30)),
+        Default::default(),
+    ));
 
     c.create(
         "/api/v1/namespaces/default/services",

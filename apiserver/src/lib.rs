@@ -16,6 +16,7 @@
 //! - [`ui`]: `/ui/`, a live topology page (static files in the binary) that lists and watches
 //!   like any client;
 //! - [`streams`]: exec, attach, port-forward (SPDY and WebSocket) and logs, relayed to the agents;
+//! - [`metrics`]: `/metrics`, request latency histograms under kube-apiserver's names;
 //! - [`cacher`]: the watch cache: every kind's objects in memory, fed by one etcd watch,
 //!   serving LISTs and WATCHes;
 //! - [`storage`]: etcd (every object, every allocation; nothing lives only in memory),
@@ -35,6 +36,7 @@ pub mod error;
 pub mod handler;
 pub mod list;
 pub mod members;
+pub mod metrics;
 pub mod noderestriction;
 pub mod objects;
 pub mod openapi;

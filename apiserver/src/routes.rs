@@ -72,6 +72,7 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .route("/livez", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render()) }))
         .route("/api", get(discovery::api_versions))
         .route("/apis", get(discovery::api_groups))
         .route("/api/{version}", get(|Path(v): Path<String>| async move { group_version("", &v) }))
@@ -131,6 +132,25 @@ async fn route(
     };
     let target = Target::from_path(path);
     let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes()).into_owned().collect();
+    let started = std::time::Instant::now();
+    let watch = pairs.iter().any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+    let apply = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    let info = crate::metrics::RequestInfo::of(
+        &method,
+        target.ns.as_deref(),
+        &target.resource,
+        target.name.as_deref(),
+        target.sub.as_deref(),
+        watch,
+        apply,
+    );
+    let response = serve(api, method, target, pairs, req).await;
+    info.observe(response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+/// One request below a group-version, after its target is known.
+async fn serve(api: Api, method: Method, target: Target, pairs: Vec<(String, String)>, req: Request) -> Response {
     // exec, attach and port-forward upgrade the connection: they take the whole request.
     if let ("pods", Some(name), Some(sub @ ("exec" | "attach" | "portforward")), Some(ns)) =
         (target.resource.as_str(), target.name.as_deref(), target.sub.as_deref(), target.ns.as_deref())

@@ -195,12 +195,7 @@ fn cached_event<T: Strategy + Printable>(kind: &str, e: &Entry<T>, out: Output, 
     if out != Output::Json {
         return event(kind, &e.obj, out, first);
     }
-    let json = e.json();
-    let mut l = Vec::with_capacity(json.len() + 32);
-    l.extend_from_slice(format!("{{\"type\":\"{kind}\",\"object\":").as_bytes());
-    l.extend_from_slice(json);
-    l.extend_from_slice(b"}\n");
-    l.into()
+    e.event_line(kind)
 }
 
 /// The stream of event lines of a watch served from the watch cache, or `None` when the

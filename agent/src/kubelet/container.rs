@@ -8,7 +8,6 @@
 
 use super::steps::Steps;
 use super::{logs, volumes, Ctx, NsSources};
-use crate::registry;
 use crate::runtime::{self, ImageConfig, PodFiles, Stdio, LABEL_CONTAINER, LABEL_POD, LABEL_POD_UID};
 use pkg::api::*;
 use pkg::kubelet::{env, resources};
@@ -56,7 +55,7 @@ pub async fn ensure_image(ctx: &Ctx, pod: &Pod, c: &Container) -> Result<ImageCo
     // Other pods' pulls go on meanwhile: the cache lock is not held while pulling.
     drop(cache);
     let pulled = async {
-        registry::pull(&ctx.rt, &ctx.http, &ctx.cfg.registries, &image).await?;
+        ctx.rt.pull_image(&ctx.http, &ctx.cfg.registries, &image).await?;
         ctx.rt.prepare_image(&image).await.map_err(|e| e.to_string())?.ok_or_else(|| "image vanished after pull".to_string())
     }
     .await;
@@ -149,8 +148,7 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
     let dir = super::pod_dir(&ctx.cfg.state_dir, uid);
     let tty = c.tty == Some(true);
     let log = logs::file(&ctx.cfg.logs_dir, pod, &c.name, restart);
-    let (stdout, stderr) =
-        logs::start_copiers(&dir.join("io"), &c.name, &log, tty).map_err(|e| failed("RunContainerError", e.to_string()))?;
+    let (stdout, stderr) = ctx.rt.output_to(&dir.join("io"), &c.name, &log, tty).map_err(|e| failed("RunContainerError", e.to_string()))?;
     ctx.copiers.lock().unwrap().insert(id.clone());
     let stdin = match c.stdin == Some(true) {
         true => {

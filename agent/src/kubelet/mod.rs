@@ -29,8 +29,8 @@ pub mod sync;
 pub mod volumes;
 pub mod worker;
 
+use crate::cri::{ContainerRuntime, PodNetwork};
 use crate::network::{self, Ipam};
-use crate::proxy::iptables::Runner;
 use crate::registry::Registries;
 use crate::runtime::{ImageConfig, Runtime, LABEL_POD_UID};
 use futures::StreamExt;
@@ -113,11 +113,17 @@ impl pkg::kubelet::env::Sources for NsSources<'_> {
     }
 }
 
+/// The runtime and the network a kubelet drives ([`crate::cri`]).
+pub struct Plugins {
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub network: Arc<dyn PodNetwork>,
+}
+
 /// What every pod worker shares.
 pub struct Ctx {
     pub client: kube::Client,
-    pub rt: Runtime,
-    pub net: rtnetlink::Handle,
+    pub rt: Arc<dyn ContainerRuntime>,
+    pub net: Arc<dyn PodNetwork>,
     pub cfg: Config,
     pub pod_cidr: Cidr,
     pub ipam: Ipam,
@@ -148,17 +154,20 @@ pub struct Kubelet {
 }
 
 impl Kubelet {
-    /// Register (or find) this Node and get its pod CIDR; prepare the host.
+    /// A kubelet on this machine: containerd, and pods wired by netlink in the node's
+    /// network namespace (or `cfg.netns`).
     pub async fn start(client: kube::Client, rt: Runtime, cfg: Config) -> anyhow::Result<Kubelet> {
+        let network = Arc::new(network::Netlink::connect(cfg.netns.as_deref()).await?);
+        Self::start_with(client, Plugins { runtime: Arc::new(rt), network }, cfg).await
+    }
+
+    /// Register (or find) this Node and get its pod CIDR; prepare the node's network.
+    pub async fn start_with(client: kube::Client, plugins: Plugins, cfg: Config) -> anyhow::Result<Kubelet> {
         let node = node::register(&client, &cfg).await?;
         let pod_cidr: Cidr = node.pod_cidr().ok_or_else(|| anyhow::anyhow!("node has no podCIDR"))?.parse()?;
         tracing::info!(node = %cfg.node_name, %pod_cidr, "node registered");
-        let (net, runner) = match &cfg.netns {
-            Some(name) => (network::connect_in(&std::path::Path::new(network::NETNS_DIR).join(name)).await?, Runner::in_netns(name)),
-            None => (network::connect()?, Runner::default()),
-        };
-        network::ensure_bridge(&net, pod_cidr).await?;
-        node::prepare_host(&runner, &cfg, pod_cidr).await;
+        let Plugins { runtime: rt, network: net } = plugins;
+        net.prepare_node(pod_cidr, &cfg.cluster_cidr).await?;
         let ipam = Ipam::new(&cfg.state_dir, pod_cidr)?;
         let (config_maps, cm_writer) = reflector::store();
         let (secrets, secret_writer) = reflector::store();
@@ -194,7 +203,9 @@ impl Kubelet {
         tokio::spawn(watch_config::<ConfigMap>(ctx.clone(), self.cm_writer));
         tokio::spawn(watch_config::<Secret>(ctx.clone(), self.secret_writer));
         tokio::spawn(task_events(ctx.clone()));
-        tokio::spawn(routes(ctx.clone()));
+        if ctx.net.needs_routes() {
+            tokio::spawn(routes(ctx.clone()));
+        }
         let pods: kube::Api<Pod> = kube::Api::all(ctx.client.clone());
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.cfg.node_name));
         let mut stream = std::pin::pin!(watcher(pods, cfg).default_backoff());
@@ -283,7 +294,7 @@ async fn routes(ctx: Arc<Ctx>) {
         else {
             continue;
         };
-        if let Err(e) = network::ensure_route(&ctx.net, cidr, ip).await {
+        if let Err(e) = ctx.net.ensure_route(cidr, ip).await {
             tracing::warn!(node = %n.name(), error = %e, "route to node failed");
         }
     }
@@ -298,9 +309,7 @@ async fn sweep(ctx: &Arc<Ctx>) -> anyhow::Result<()> {
         }
     }
     orphans.extend(ctx.ipam.all().into_iter().map(|(_, owner)| owner));
-    if let Ok(rd) = std::fs::read_dir(network::NETNS_DIR) {
-        orphans.extend(rd.flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("ownkube-").map(String::from)));
-    }
+    orphans.extend(ctx.net.namespaces().iter().filter_map(|n| n.strip_prefix("ownkube-").map(String::from)));
     let known: HashSet<String> = ctx.workers.lock().unwrap().keys().cloned().collect();
     for uid in orphans.into_iter().filter(|u| !known.contains(u)) {
         tracing::info!(%uid, "removing what is left of a pod that no longer exists");

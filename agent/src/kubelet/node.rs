@@ -175,7 +175,7 @@ fn os_image() -> String {
 
 /// Host settings pods need: forwarding, iptables on bridged traffic (hairpin through a
 /// service), and masquerading of pod traffic leaving the cluster network.
-pub async fn prepare_host(r: &Runner, cfg: &Config, pod_cidr: Cidr) {
+pub async fn prepare_host(r: &Runner, cluster_cidr: &str, pod_cidr: Cidr) {
     let _ = r.run("modprobe", &["br_netfilter"]).await;
     for kv in ["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"] {
         if let Err(e) = r.run("sysctl", &["-q", "-w", kv]).await {
@@ -187,7 +187,7 @@ pub async fn prepare_host(r: &Runner, cfg: &Config, pod_cidr: Cidr) {
         &pod_cidr.to_string(),
         "!",
         "-d",
-        &cfg.cluster_cidr,
+        cluster_cidr,
         "-m",
         "comment",
         "--comment",

@@ -7,7 +7,6 @@
 //! Upstream: pkg/kubelet/prober (worker.go, prober.go), pkg/probe/{http,tcp,exec}
 
 use super::{worker, Ctx};
-use crate::exec::ExecRequest;
 use pkg::api::{Container, IntOrString, Object, Pod, Probe};
 use pkg::kubelet::probe::{self, Outcome, ProbeKind, State, Timing};
 use std::collections::HashMap;
@@ -166,8 +165,7 @@ impl Job {
     async fn connect(&self, host: Option<&str>, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
         let host = host.filter(|h| !h.is_empty()).unwrap_or(&self.ip);
         let addr: std::net::SocketAddr = format!("{host}:{port}").parse().map_err(|e| format!("{e}"))?;
-        let netns = self.ctx.cfg.netns.as_ref().map(|n| std::path::Path::new(crate::network::NETNS_DIR).join(n));
-        crate::network::connect_in_netns(netns, addr, timeout).await.map_err(|e| format!("dial tcp {addr}: {e}"))
+        self.ctx.net.connect(addr, timeout).await.map_err(|e| format!("dial tcp {addr}: {e}"))
     }
 
     async fn attempt(&self, t: &Timing) -> Outcome {
@@ -220,20 +218,8 @@ impl Job {
 
     async fn exec(&self, command: Vec<String>) -> Result<Outcome, Outcome> {
         let id = super::container_id(self.pod.uid().unwrap_or_default(), &self.container.name);
-        let r = ExecRequest { command, stdin: false, stdout: true, stderr: true, tty: false };
         let dir = self.ctx.cfg.state_dir.join("exec");
-        let mut s = self.ctx.rt.exec(&id, &r, &dir).await.map_err(|e| Outcome::Failure(e.to_string()))?;
-        let mut out = vec![];
-        for f in [s.stdout.take(), s.stderr.take()].into_iter().flatten() {
-            let mut buf = vec![];
-            let _ = f.take(10 * 1024).read_to_end(&mut buf).await;
-            out.extend(buf);
-        }
-        let code = match s.exit.take() {
-            Some(h) => h.await.unwrap_or(255),
-            None => 255,
-        };
-        s.finish().await;
+        let (code, out) = self.ctx.rt.exec_probe(&id, command, &dir).await.map_err(Outcome::Failure)?;
         let text = String::from_utf8_lossy(&out).trim().to_string();
         Ok(if code == 0 { Outcome::Success } else { Outcome::Failure(text) })
     }

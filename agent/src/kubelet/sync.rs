@@ -19,7 +19,6 @@ use super::status::{self, Track};
 use super::steps::Steps;
 use super::worker::Next;
 use super::{logs, prober, volumes, Ctx, NsSources};
-use crate::network;
 use crate::runtime::{PodFiles, TaskState, LABEL_POD_UID};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use pkg::api::*;
@@ -73,11 +72,9 @@ fn ns_of(pod: &Pod) -> &str {
 /// The network namespace, address and files of the pod; returns its IP and files.
 async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str, steps: &mut Steps) -> anyhow::Result<(std::net::Ipv4Addr, std::path::PathBuf, PodFiles)> {
     let ns_name = super::netns_name(uid);
-    let netns = network::create_netns(&ns_name).await?;
-    steps.mark("netns");
     let ip = ctx.ipam.allocate(uid)?;
-    network::attach_pod(&ctx.net, &ns_name, &netns, ctx.pod_cidr, ip).await?;
-    steps.mark("veth");
+    let netns = ctx.net.attach(&ns_name, ctx.pod_cidr, ip).await?;
+    steps.mark("network");
     let dir = super::pod_dir(&ctx.cfg.state_dir, uid);
     std::fs::create_dir_all(&dir)?;
     let files = PodFiles { hosts: dir.join("hosts"), hostname: dir.join("hostname"), resolv: dir.join("resolv.conf") };
@@ -131,7 +128,7 @@ async fn observe(ctx: &Ctx, pod: &Pod, st: &mut PodState) -> anyhow::Result<Vec<
                 if !ctx.copiers.lock().unwrap().contains(&id) {
                     let log = logs::file(&ctx.cfg.logs_dir, pod, &c.name, tr.restarts);
                     let dir = super::pod_dir(&ctx.cfg.state_dir, uid).join("io");
-                    if logs::start_copiers(&dir, &c.name, &log, c.tty == Some(true)).is_ok() {
+                    if ctx.rt.output_to(&dir, &c.name, &log, c.tty == Some(true)).is_ok() {
                         ctx.copiers.lock().unwrap().insert(id.clone());
                     }
                 }
@@ -397,7 +394,7 @@ pub async fn teardown(ctx: &Ctx, uid: &str) -> anyhow::Result<()> {
             ctx.copiers.lock().unwrap().remove(&id);
         }
     }
-    network::detach_pod(&ctx.net, &super::netns_name(uid)).await?;
+    ctx.net.detach(&super::netns_name(uid)).await?;
     ctx.ipam.release(uid);
     let _ = std::fs::remove_dir_all(super::pod_dir(&ctx.cfg.state_dir, uid));
     if let Ok(rd) = std::fs::read_dir(&ctx.cfg.logs_dir) {

@@ -32,6 +32,9 @@ pub struct HealthServers {
     servers: BTreeMap<u16, Server>,
     /// Where servers listen (0.0.0.0 on a node; 127.0.0.1 in tests).
     address: Option<Ipv4Addr>,
+    /// A hollow node serves none: hundreds of them in one process would all want the
+    /// same ports.
+    hollow: bool,
 }
 
 /// The answer: kube-proxy's JSON, 200 with local endpoints, 503 without.
@@ -50,7 +53,12 @@ async fn answer(State(hc): State<Arc<Mutex<HealthCheck>>>) -> impl IntoResponse 
 impl HealthServers {
     /// Servers that listen on `address` only (tests use 127.0.0.1).
     pub fn on(address: Ipv4Addr) -> HealthServers {
-        HealthServers { servers: BTreeMap::new(), address: Some(address) }
+        HealthServers { servers: BTreeMap::new(), address: Some(address), hollow: false }
+    }
+
+    /// Servers that are never started ([`crate::hollow`]).
+    pub fn hollow() -> HealthServers {
+        HealthServers { servers: BTreeMap::new(), address: None, hollow: true }
     }
 
     /// Converge to `wanted`: start servers for new ports, update the answers of the others,
@@ -58,6 +66,9 @@ impl HealthServers {
     /// retried at the next sync.
     pub async fn sync(&mut self, wanted: &BTreeMap<u16, HealthCheck>) -> Vec<(u16, std::io::Error)> {
         let mut failed = vec![];
+        if self.hollow {
+            return failed;
+        }
         self.servers.retain(|port, s| {
             let keep = wanted.contains_key(port) && !s.task.is_finished();
             if !keep {

@@ -356,6 +356,11 @@ impl Reporting {
         Reporting { events: Some(events::Recorder::start(client, "kube-proxy", node)), ..Default::default() }
     }
 
+    /// A hollow node's: events, and no health-check servers.
+    pub fn hollow(client: kube::Client, node: &str) -> Reporting {
+        Reporting { health: healthcheck::HealthServers::hollow(), ..Self::with_events(client, node) }
+    }
+
     /// After a sync: report ports left out (SCTP) and converge the health-check servers.
     async fn after_sync(&mut self, services: &[&Service], ports: &BTreeMap<(String, String), ServicePort>) {
         for (key, msg) in unsupported(services.iter().copied()) {
@@ -372,56 +377,93 @@ impl Reporting {
     }
 }
 
-/// The proxy's loop: informers feed caches; each burst of changes becomes one sync; a
-/// failed sync is retried; every `resync` a full sync repairs anything changed behind our back.
-pub async fn run(client: Client, mut proxier: Proxier, resync: Duration, mut reporting: Reporting) {
+/// How often the proxy syncs: a full sync every `resync` (`--iptables-resync-seconds`), and
+/// no two syncs closer together than `min_sync` (kube-proxy's `--min-sync-period`: a
+/// change after a quiet spell is synced at once; changes that keep coming are gathered
+/// into one sync per period, so a node's CPU is not spent rewriting rules for every
+/// endpoint of a rollout).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub resync: Duration,
+    pub min_sync: Duration,
+}
+
+impl Timing {
+    /// A full resync every `resync`, changes synced as they come.
+    pub fn every(resync: Duration) -> Timing {
+        Timing { resync, min_sync: Duration::ZERO }
+    }
+}
+
+/// The proxy's caches of what its informers said, and whether both lists have arrived.
+#[derive(Default)]
+struct Seen {
+    services: HashMap<String, Service>,
+    slices: HashMap<String, EndpointSlice>,
+    have_svcs: bool,
+    have_eps: bool,
+}
+
+impl Seen {
+    /// Apply one informer message, noting it for the next sync's history record.
+    fn apply(&mut self, m: Msg, proxier: &mut Proxier) {
+        match m {
+            Msg::Svc(c) => {
+                self.have_svcs |= matches!(c, Change::Synced(_));
+                proxier.note(describe("Service", &c, &self.services));
+                c.apply_to(&mut self.services, ns_name)
+            }
+            Msg::Slice(c) => {
+                self.have_eps |= matches!(c, Change::Synced(_));
+                proxier.note(describe("EndpointSlice", &c, &self.slices));
+                c.apply_to(&mut self.slices, ns_name)
+            }
+        }
+    }
+}
+
+/// The proxy's loop: informers feed caches; each burst of changes becomes one sync (at
+/// most one per `min_sync`); a failed sync is retried; every `resync` a full sync repairs
+/// anything changed behind our back.
+pub async fn run(client: Client, mut proxier: Proxier, timing: Timing, mut reporting: Reporting) {
     proxier.prepare_host().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     client.spawn_informer("/api/v1/services".into(), tx.clone(), Msg::Svc);
     client.spawn_informer("/apis/discovery.k8s.io/v1/endpointslices".into(), tx, Msg::Slice);
-    let mut services: HashMap<String, Service> = HashMap::new();
-    let mut slices: HashMap<String, EndpointSlice> = HashMap::new();
-    let (mut have_svcs, mut have_eps) = (false, false);
+    let mut seen = Seen::default();
     let mut dirty = false;
-    let mut next_full = Instant::now() + resync;
+    let mut next_full = Instant::now() + timing.resync;
+    let mut last_sync: Option<Instant> = None;
     loop {
         let wait = if dirty { Duration::from_secs(1) } else { next_full.saturating_duration_since(Instant::now()) };
         match tokio::time::timeout(wait, rx.recv()).await {
             Ok(None) => return,
             Ok(Some(first)) => {
-                // Batch: take what is queued, and what arrives in the next few milliseconds.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // Batch: take what is queued, and what arrives in the next few milliseconds
+                // (or until `min_sync` has passed since the last sync).
+                let hold = last_sync.map_or(Duration::ZERO, |t| timing.min_sync.saturating_sub(t.elapsed()));
+                tokio::time::sleep(hold.max(Duration::from_millis(5))).await;
                 let mut next = Some(first);
                 while let Some(m) = next.take().or_else(|| rx.try_recv().ok()) {
-                    match m {
-                        Msg::Svc(c) => {
-                            have_svcs |= matches!(c, Change::Synced(_));
-                            proxier.note(describe("Service", &c, &services));
-                            c.apply_to(&mut services, ns_name)
-                        }
-                        Msg::Slice(c) => {
-                            have_eps |= matches!(c, Change::Synced(_));
-                            proxier.note(describe("EndpointSlice", &c, &slices));
-                            c.apply_to(&mut slices, ns_name)
-                        }
-                    }
+                    seen.apply(m, &mut proxier);
                 }
                 dirty = true;
             }
             Err(_) if Instant::now() >= next_full => {
                 proxier.note("periodic full resync".into());
                 proxier.request_full();
-                next_full = Instant::now() + resync;
+                next_full = Instant::now() + timing.resync;
                 dirty = true;
             }
             Err(_) => proxier.note("retry, or deleting what the last sync flushed".into()),
         }
         // Never sync from half a picture: wait until both lists have arrived once.
-        if !(dirty && have_svcs && have_eps) {
+        if !(dirty && seen.have_svcs && seen.have_eps) {
             continue;
         }
-        let svcs: Vec<&Service> = services.values().collect();
-        let backends = backends_from_slices(slices.values());
+        last_sync = Some(Instant::now());
+        let svcs: Vec<&Service> = seen.services.values().collect();
+        let backends = backends_from_slices(seen.slices.values());
         match proxier.sync(&svcs, &backends).await {
             // Stale nftables chains are deleted by the next sync: make it come (after 1 s).
             Ok(()) => {

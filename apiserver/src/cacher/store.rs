@@ -14,20 +14,44 @@ use pkg::api::Object;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
-/// One object as stored (with `resourceVersion` filled in), and its JSON once asked for.
+/// One object as stored (with `resourceVersion` filled in), its JSON once asked for,
+/// and the JSON watch-event lines that carry it.
 pub struct Entry<T> {
     pub obj: T,
     json: OnceLock<Bytes>,
+    /// `{"type":"ADDED","object":...}\n` and the MODIFIED and DELETED ones: made once and
+    /// shared by every watcher (500 watchers each copying a 15 KB EndpointSlice into
+    /// their buffers held gigabytes).
+    lines: [OnceLock<Bytes>; 3],
 }
 
 impl<T: Object> Entry<T> {
     pub fn new(obj: T) -> Arc<Entry<T>> {
-        Arc::new(Entry { obj, json: OnceLock::new() })
+        Arc::new(Entry { obj, json: OnceLock::new(), lines: Default::default() })
     }
 
     /// The object as a JSON response carries it, encoded the first time it is asked for.
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| serde_json::to_vec(&self.obj).unwrap_or_default().into())
+    }
+
+    /// The JSON watch event of this object (`kind`: ADDED, MODIFIED, DELETED, else
+    /// BOOKMARK-like kinds, made afresh), one line.
+    pub fn event_line(&self, kind: &str) -> Bytes {
+        let make = || {
+            let json = self.json();
+            let mut l = Vec::with_capacity(json.len() + 32);
+            l.extend_from_slice(format!("{{\"type\":\"{kind}\",\"object\":").as_bytes());
+            l.extend_from_slice(json);
+            l.extend_from_slice(b"}\n");
+            Bytes::from(l)
+        };
+        match kind {
+            "ADDED" => self.lines[0].get_or_init(make).clone(),
+            "MODIFIED" => self.lines[1].get_or_init(make).clone(),
+            "DELETED" => self.lines[2].get_or_init(make).clone(),
+            _ => make(),
+        }
     }
 }
 
