@@ -48,8 +48,20 @@ impl Containerd {
         Containerd { dir, socket, child }
     }
 
+    /// A client. The socket file appears a moment before containerd accepts on it (CI
+    /// once saw ECONNREFUSED right after it existed), so connecting is retried for 10 s.
     pub async fn runtime(&self) -> Runtime {
-        Runtime::connect(&self.socket).await.expect("connect to containerd")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Runtime::connect(&self.socket).await {
+                Ok(rt) => return rt,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("containerd not accepting yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("connect to containerd: {e:?}"),
+            }
+        }
     }
 }
 
