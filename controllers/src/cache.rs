@@ -163,7 +163,8 @@ mod tests {
     use pkg::api::Pod;
 
     fn pod(name: &str, owner: Option<&str>) -> Pod {
-        let refs = owner.map(|uid| serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]));
+        let refs = owner
+            .map(|uid| serde_json::json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": uid, "controller": true}]));
         serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "a", "ownerReferences": refs}})).unwrap()
     }
 

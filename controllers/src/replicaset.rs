@@ -89,8 +89,13 @@ async fn reconcile(set: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action> {
         Some(owner) => owner.uid == uid,
         None => !sel.0.is_empty() && sel.matches(p.labels()),
     };
-    let pods: Vec<Pod> =
-        ctx.by_controller.lookup(&ctx.pods, &uid).iter().filter(|p| p.namespace() == Some(&ns) && candidate(p)).map(|p| (**p).clone()).collect();
+    let pods: Vec<Pod> = ctx
+        .by_controller
+        .lookup(&ctx.pods, &uid)
+        .iter()
+        .filter(|p| p.namespace() == Some(&ns) && candidate(p))
+        .map(|p| (**p).clone())
+        .collect();
     if !caught_up(&ctx.expectations, &uid, pods.iter().map(|p| &p.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
