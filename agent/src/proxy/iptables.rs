@@ -19,26 +19,20 @@ pub enum IptablesError {
 #[derive(Clone, Debug, Default)]
 pub struct Runner {
     pub prefix: Vec<String>,
-    /// Run nothing: every command "succeeds" with no output, and the bytes that would have
-    /// been fed to `iptables-restore` or `nft -f` are counted, as kubemark's fake iptables
-    /// takes the rules of a hollow proxy and applies none.
-    pub hollow: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Run nothing: every command "succeeds" with no output, so a hollow proxy renders
+    /// its rules and applies none, as kubemark's fake iptables does.
+    pub hollow: bool,
 }
 
 impl Runner {
     /// Commands run inside the named network namespace (`ip netns exec NAME ...`).
     pub fn in_netns(name: &str) -> Runner {
-        Runner { prefix: vec!["ip".into(), "netns".into(), "exec".into(), name.into()], hollow: None }
+        Runner { prefix: vec!["ip".into(), "netns".into(), "exec".into(), name.into()], hollow: false }
     }
 
-    /// A runner that runs nothing (see [`Runner::hollow`]'s field).
+    /// A runner that runs nothing (its `hollow` field).
     pub fn hollow() -> Runner {
-        Runner { prefix: vec![], hollow: Some(Default::default()) }
-    }
-
-    /// Bytes of rules a hollow runner was given.
-    pub fn hollow_bytes(&self) -> u64 {
-        self.hollow.as_ref().map_or(0, |b| b.load(std::sync::atomic::Ordering::Relaxed))
+        Runner { prefix: vec![], hollow: true }
     }
 
     fn command(&self, program: &str, args: &[&str]) -> Command {
@@ -52,7 +46,7 @@ impl Runner {
 
     /// Run a command; `Ok(false)` when it exited 1 (iptables' "no such rule"), error otherwise.
     pub async fn run(&self, program: &str, args: &[&str]) -> Result<bool, IptablesError> {
-        if self.hollow.is_some() {
+        if self.hollow {
             return Ok(true);
         }
         let out = self.command(program, args).output().await.map_err(|e| IptablesError::Spawn(program.into(), e))?;
@@ -101,8 +95,7 @@ impl Runner {
 
     /// Run a program with `text` on its standard input; an error unless it exits 0.
     pub async fn pipe(&self, program: &str, args: &[&str], text: &str) -> Result<(), IptablesError> {
-        if let Some(bytes) = &self.hollow {
-            bytes.fetch_add(text.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.hollow {
             return Ok(());
         }
         let spawn_err = |e| IptablesError::Spawn(program.into(), e);
@@ -120,7 +113,7 @@ impl Runner {
 
     /// Run a program and return its standard output; an error unless it exits 0.
     pub async fn output(&self, program: &str, args: &[&str]) -> Result<String, IptablesError> {
-        if self.hollow.is_some() {
+        if self.hollow {
             return Ok(String::new());
         }
         let out = self.command(program, args).output().await.map_err(|e| IptablesError::Spawn(program.into(), e))?;
