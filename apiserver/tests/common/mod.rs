@@ -8,8 +8,30 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback port nobody listens on, from below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768–60999 by default).
+///
+/// Binding port 0 would return an ephemeral port and release it: the very next
+/// outgoing connection (the apiserver dialling etcd, a test's HTTP client) may take it as
+/// its source port before etcd binds it, and etcd then exits with "address already in
+/// use". That is the likeliest reading of CI's one "etcd did not start" (after the 20 s
+/// wait, with etcd's own log then thrown away; it is now kept). Ports below the range are never handed out as
+/// source ports; a counter keeps this binary's parallel tests apart, and the process id
+/// keeps test binaries apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (offset.wrapping_add(n)) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// A throwaway etcd; killed (and its data removed) on drop.
@@ -29,9 +51,12 @@ impl Etcd {
         e
     }
 
-    /// Start (again) on the same port and data dir.
+    /// Start (again) on the same port and data dir; etcd's log goes to `etcd.log` in its
+    /// temporary dir, and its tail is shown if etcd exits or never listens.
     pub fn restart(&mut self) {
-        let child = Command::new("etcd")
+        let log_path = self.dir.path().join("etcd.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.url, "--advertise-client-urls", &self.url])
@@ -39,16 +64,23 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", self.peer_port)])
             .args(["--initial-cluster", &format!("test=http://127.0.0.1:{}", self.peer_port)])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("etcd must be installed (Debian: apt-get install etcd-server; scripts/test does it)");
-        self.child = Some(child);
         let addr = self.url.trim_start_matches("http://").to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!("etcd did not start on {addr} (exit: {exited:?}); the end of its log:\n{}", tail.join("\n"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.child = Some(child);
     }
 
     /// The etcd process (to stop it with SIGSTOP, say).
