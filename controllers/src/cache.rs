@@ -6,7 +6,7 @@
 //!
 //! Upstream: k8s.io/client-go/tools/cache (reflector.go, shared_informer.go)
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -15,10 +15,11 @@ use pkg::api::{ObjectMeta, OwnerReference};
 use pkg::workloads::expectations::{Expect, Expectations};
 use pkg::workloads::replicaset::Claims;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::broadcast;
 
 /// A kind's store and the stream of its changed (or deleted) objects. The store fills
 /// only while the stream is polled.
@@ -90,75 +91,177 @@ where
     }
 }
 
-/// An index of a store by controller: which objects each owner (by uid) controls, and
-/// which have no controller at all (those an owner may adopt). client-go's informers
-/// have indexers for this; kube's store has none. Fed from the informer's stream (every
-/// changed object passes through [`ByController::note`]); a deleted object stays in it
-/// until [`ByController::lookup`] finds it gone from the store. With it, a ReplicaSet's
-/// pass costs its own pods, not every pod of the namespace: at 15,000 pods the scan made
-/// the controller fall so far behind that it created pods twice.
+/// An index of a store, as client-go's `Indexer` keeps one: every object is filed under
+/// the keys an index function gives it (its controller's uid, say, or its labels), so a
+/// controller reads the few objects it needs instead of scanning every one of the kind.
+/// kube's store has no indexers, so this one is fed from the informer's stream (every
+/// changed object passes through [`Index::note`]); a deleted object stays filed until
+/// [`Index::lookup`] finds it gone from the store. What a lookup returns is a candidate
+/// list: the store may already hold a newer version filed under other keys (its change
+/// is still on its way through the stream), so callers check what they need.
 ///
-/// Upstream: k8s.io/client-go/tools/cache/index.go
-pub struct ByController<K: Resource<DynamicType = ()>> {
-    inner: Mutex<Index<K>>,
+/// At 15,000 pods, scanning them all for every ReplicaSet pass kept that controller so
+/// far behind that it created pods twice; scanning them for every service pass cost the
+/// endpoints controllers most of a core.
+///
+/// Upstream: k8s.io/client-go/tools/cache/index.go, thread_safe_store.go
+pub struct Index<K: Resource<DynamicType = ()> + 'static> {
+    keys_of: fn(&K) -> Vec<String>,
+    inner: Mutex<Filing<K>>,
 }
 
-struct Index<K: Resource<DynamicType = ()>> {
-    /// Owner uid (`""`: no controller) → objects.
-    by_owner: HashMap<String, std::collections::HashSet<ObjectRef<K>>>,
-    /// Object → the owner key it is filed under.
-    owner_of: HashMap<ObjectRef<K>, String>,
+struct Filing<K: Resource<DynamicType = ()>> {
+    /// Key → the objects filed under it.
+    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    /// Object → the keys it is filed under.
+    keys: HashMap<ObjectRef<K>, Vec<String>>,
 }
 
-impl<K: Resource<DynamicType = ()> + Clone> Default for ByController<K> {
-    fn default() -> Self {
-        ByController { inner: Mutex::new(Index { by_owner: HashMap::new(), owner_of: HashMap::new() }) }
+impl<K: Resource<DynamicType = ()> + Clone> Index<K> {
+    pub fn new(keys_of: fn(&K) -> Vec<String>) -> Self {
+        Index { keys_of, inner: Mutex::new(Filing { by_key: HashMap::new(), keys: HashMap::new() }) }
     }
-}
 
-impl<K: Resource<DynamicType = ()> + Clone> ByController<K> {
-    /// File an object under its controller now (moving it if that changed).
+    /// File an object under its keys now (moving it if they changed).
     pub fn note(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj);
-        let owner = pkg::workloads::replicaset::controller_of(obj.meta()).map(|o| o.uid.clone()).unwrap_or_default();
-        let mut ix = self.inner.lock().unwrap();
-        if let Some(old) = ix.owner_of.insert(key.clone(), owner.clone()) {
-            if old != owner {
-                if let Some(set) = ix.by_owner.get_mut(&old) {
-                    set.remove(&key);
-                }
+        let keys = (self.keys_of)(obj);
+        let mut f = self.inner.lock().unwrap();
+        if let Some(old) = f.keys.insert(key.clone(), keys.clone()) {
+            for k in old.iter().filter(|k| !keys.contains(k)) {
+                f.unfile(k, &key);
             }
         }
-        ix.by_owner.entry(owner).or_default().insert(key);
+        for k in keys {
+            f.by_key.entry(k).or_default().insert(key.clone());
+        }
     }
 
-    /// The objects in `store` controlled by `owner_uid`, and those with no controller;
-    /// entries whose object has left the store are dropped.
-    pub fn lookup(&self, store: &Store<K>, owner_uid: &str) -> Vec<std::sync::Arc<K>> {
-        let mut ix = self.inner.lock().unwrap();
+    /// The objects of `store` filed under `key`; entries whose object has left the store
+    /// are dropped.
+    pub fn lookup(&self, store: &Store<K>, key: &str) -> Vec<Arc<K>> {
+        let mut f = self.inner.lock().unwrap();
         let mut out = vec![];
         let mut gone = vec![];
-        for owner in [owner_uid, ""] {
-            for key in ix.by_owner.get(owner).into_iter().flatten() {
-                match store.get(key) {
-                    Some(obj) => out.push(obj),
-                    None => gone.push((owner.to_string(), key.clone())),
-                }
+        for r in f.by_key.get(key).into_iter().flatten() {
+            match store.get(r) {
+                Some(obj) => out.push(obj),
+                None => gone.push(r.clone()),
             }
         }
-        for (owner, key) in gone {
-            if let Some(set) = ix.by_owner.get_mut(&owner) {
-                set.remove(&key);
+        for r in gone {
+            for k in f.keys.remove(&r).unwrap_or_default() {
+                f.unfile(&k, &r);
             }
-            ix.owner_of.remove(&key);
         }
         out
     }
 }
 
+impl<K: Resource<DynamicType = ()>> Filing<K> {
+    fn unfile(&mut self, key: &str, obj: &ObjectRef<K>) {
+        if let Some(set) = self.by_key.get_mut(key) {
+            set.remove(obj);
+            if set.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+}
+
+/// Index function: the uid of the object's controller, `""` for none (the objects an
+/// owner may adopt).
+pub fn by_controller<K: Resource<DynamicType = ()>>(obj: &K) -> Vec<String> {
+    vec![pkg::workloads::replicaset::controller_of(obj.meta()).map(|o| o.uid.clone()).unwrap_or_default()]
+}
+
+/// Index function: one key per label, [`label_key`].
+pub fn by_label<K: Resource<DynamicType = ()>>(obj: &K) -> Vec<String> {
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    obj.meta().labels.iter().flatten().map(|(k, v)| label_key(ns, k, v)).collect()
+}
+
+/// `namespace/key=value`: unambiguous, since a namespace holds no `/` and a label key no `=`.
+pub fn label_key(ns: &str, key: &str, value: &str) -> String {
+    format!("{ns}/{key}={value}")
+}
+
+/// How many changes a subscriber of a [`Shared`] informer may fall behind before it
+/// misses some (and is then handed the whole store again).
+const SHARED_BACKLOG: usize = 16 * 1024;
+
+/// One informer for a kind, shared by every controller of the process, as client-go's
+/// `SharedInformerFactory` gives them: one watch, one decode of each event, one store,
+/// and a broadcast of each changed (or deleted) object to every subscriber. Five pod
+/// informers (scheduler, ReplicaSets, Deployments, Endpoints, EndpointSlices) meant five
+/// watches of every pod, each event decoded and copied five times, and five stores.
+///
+/// kube's own shared store (`reflector::store_shared`) does not pass deletions on, which
+/// the ReplicaSet and endpoints controllers need: hence this one.
+///
+/// Upstream: k8s.io/client-go/tools/cache/shared_informer.go
+pub struct Shared<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    changes: broadcast::Sender<Arc<K>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Shared { store: self.store.clone(), changes: self.changes.clone() }
+    }
+}
+
+impl<K> Shared<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// Start the watch (it runs as long as the process).
+    pub fn start(api: Api<K>) -> Self {
+        let (store, stream) = informer(api);
+        let (changes, _) = broadcast::channel(SHARED_BACKLOG);
+        let tx = changes.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(change) = stream.next().await {
+                match change {
+                    Ok(obj) => drop(tx.send(Arc::new(obj))),
+                    Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; listing again"),
+                }
+            }
+        });
+        Shared { store, changes }
+    }
+
+    /// The store (fills once the first list is in).
+    pub fn store(&self) -> Store<K> {
+        self.store.clone()
+    }
+
+    /// Every object the store holds now, then each change from here on. A subscriber
+    /// that falls [`SHARED_BACKLOG`] changes behind is handed the whole store again: a
+    /// controller is level-triggered, so seeing everything once more repairs what it missed.
+    pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let rx = self.changes.subscribe();
+        let store = self.store.clone();
+        let now = futures::stream::iter(store.state());
+        let later = futures::stream::unfold((rx, store), |(mut rx, store)| async move {
+            let batch = match rx.recv().await {
+                Ok(obj) => vec![obj],
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(kind = %K::kind(&()), missed = n, "a subscriber fell behind; handing it the whole store");
+                    store.state()
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((futures::stream::iter(batch), (rx, store)))
+        });
+        now.chain(later.flatten())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ByController;
+    use super::{by_controller, by_label, label_key, Index};
     use kube::runtime::{reflector, watcher};
     use pkg::api::Pod;
 
@@ -175,21 +278,63 @@ mod tests {
     }
 
     #[test]
-    fn an_owner_finds_its_own_objects_and_the_orphans_only() {
+    fn an_owner_finds_its_own_objects_and_orphans_are_filed_apart() {
         let (store, mut writer) = reflector::store::<Pod>();
-        let ix = ByController::<Pod>::default();
+        let ix = Index::<Pod>::new(by_controller);
         for p in [pod("mine", Some("u1")), pod("theirs", Some("u2")), pod("orphan", None)] {
             writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
             ix.note(&p);
         }
-        assert_eq!(names(ix.lookup(&store, "u1")), ["mine", "orphan"]);
+        assert_eq!(names(ix.lookup(&store, "u1")), ["mine"]);
+        assert_eq!(names(ix.lookup(&store, "")), ["orphan"]);
         // Adopted by u1: moves; deleted: dropped once the store no longer has it.
         let adopted = pod("orphan", Some("u1"));
         writer.apply_watcher_event(&watcher::Event::Apply(adopted.clone()));
         ix.note(&adopted);
         writer.apply_watcher_event(&watcher::Event::Delete(pod("theirs", Some("u2"))));
         assert_eq!(names(ix.lookup(&store, "u1")), ["mine", "orphan"]);
+        assert!(ix.lookup(&store, "").is_empty());
         assert!(ix.lookup(&store, "u2").is_empty());
         assert_eq!(names(ix.lookup(&store, "u3")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn labels_file_an_object_once_per_label_and_a_relabelled_one_moves() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let ix = Index::<Pod>::new(by_label);
+        let mut p = pod("web-1", None);
+        p.metadata.labels = Some([("app".to_string(), "web".to_string()), ("tier".to_string(), "front".to_string())].into());
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        ix.note(&p);
+        assert_eq!(names(ix.lookup(&store, &label_key("a", "app", "web"))), ["web-1"]);
+        assert_eq!(names(ix.lookup(&store, &label_key("a", "tier", "front"))), ["web-1"]);
+        assert!(ix.lookup(&store, &label_key("b", "app", "web")).is_empty(), "another namespace");
+        p.metadata.labels = Some([("app".to_string(), "api".to_string())].into());
+        writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
+        ix.note(&p);
+        assert!(ix.lookup(&store, &label_key("a", "app", "web")).is_empty());
+        assert!(ix.lookup(&store, &label_key("a", "tier", "front")).is_empty());
+        assert_eq!(names(ix.lookup(&store, &label_key("a", "app", "api"))), ["web-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_sees_the_store_then_every_change_and_the_store_again_if_it_lags() {
+        use futures::StreamExt;
+        let (store, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("old", None)));
+        let (changes, _) = tokio::sync::broadcast::channel(2);
+        let shared = super::Shared { store, changes };
+        let mut sub = Box::pin(shared.subscribe());
+        let name = |p: std::sync::Arc<Pod>| p.metadata.name.clone().unwrap();
+        assert_eq!(name(sub.next().await.unwrap()), "old", "what the store held when it subscribed");
+        shared.changes.send(std::sync::Arc::new(pod("new", None))).unwrap();
+        assert_eq!(name(sub.next().await.unwrap()), "new");
+        // Three changes into a backlog of two: the subscriber lags, and gets the store.
+        for n in ["a", "b", "c"] {
+            shared.changes.send(std::sync::Arc::new(pod(n, None))).unwrap();
+        }
+        assert_eq!(name(sub.next().await.unwrap()), "old", "the whole store, after a lag");
+        assert_eq!(name(sub.next().await.unwrap()), "b");
+        assert_eq!(name(sub.next().await.unwrap()), "c");
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Upstream: pkg/controller/deployment (deployment_controller.go, sync.go, rolling.go, recreate.go, progress.go)
 
-use crate::cache::{caught_up, controller_ref, informer, settle, written};
+use crate::cache::{caught_up, controller_ref, informer, settle, written, Shared};
 use crate::{on_error, Error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -41,17 +41,16 @@ struct Ctx {
     expectations: Mutex<Expectations>,
 }
 
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let (sets, set_changes) = informer(Api::<ReplicaSet>::all(client.clone()));
-    let (pods, pod_changes) = informer(Api::<Pod>::all(client.clone()));
     let controller = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default());
     let deployments = controller.store();
     let recorder = events::Recorder::start(client.clone(), "deployment-controller", "");
-    let ctx = Arc::new(Ctx { client, sets: sets.clone(), pods, recorder, expectations: Mutex::default() });
+    let ctx = Arc::new(Ctx { client, sets: sets.clone(), pods: pods.store(), recorder, expectations: Mutex::default() });
     controller
         .watches_stream(set_changes, move |s| owners_of(&deployments, &s))
         // Pods matter to a Recreate (it waits for the old ones to be gone).
-        .watches_stream(pod_changes, move |p: Pod| {
+        .watches_shared_stream(pods.subscribe(), move |p: Arc<Pod>| {
             let set = controller_ref::<ReplicaSet>(&p.metadata, "ReplicaSet").and_then(|r| sets.get(&r));
             set.and_then(|s| controller_ref::<Deployment>(&s.metadata, "Deployment"))
         })

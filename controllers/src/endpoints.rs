@@ -12,7 +12,7 @@
 //!
 //! Upstream: pkg/controller/endpoint/endpoints_controller.go
 
-use crate::cache::informer;
+use crate::cache::{by_label, label_key, Index, Shared};
 use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, PostParams};
@@ -58,19 +58,34 @@ impl PodServices {
     }
 }
 
+/// The pods that may belong to `svc`: those carrying the first label of its selector,
+/// from an index by label ([`by_label`]); every pod of its namespace if the selector is
+/// empty. Callers match the whole selector.
+pub fn candidates(pods: &Store<Pod>, labelled: &Index<Pod>, svc: &Service) -> Vec<Arc<Pod>> {
+    let ns = svc.namespace().unwrap_or("default");
+    match svc.selector().and_then(|s| s.iter().next()) {
+        Some((k, v)) => labelled.lookup(pods, &label_key(ns, k, v)),
+        None => pods.state().into_iter().filter(|p| p.namespace() == Some(ns)).collect(),
+    }
+}
+
 struct Ctx {
     client: kube::Client,
     pods: Store<Pod>,
+    labelled: Arc<Index<Pod>>,
 }
 
-pub async fn run(client: kube::Client) {
-    let (pods, pod_changes) = informer(Api::<Pod>::all(client.clone()));
+pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = controller.store();
     let mapping = PodServices::default();
-    let ctx = Arc::new(Ctx { client, pods });
+    let labelled = Arc::new(Index::new(by_label));
+    let ctx = Arc::new(Ctx { client, pods: pods.store(), labelled: labelled.clone() });
     controller
-        .watches_stream(pod_changes, move |pod| mapping.map(&services, &pod))
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            labelled.note(&pod);
+            mapping.map(&services, &pod)
+        })
         .run(reconcile, |_, e, _| on_error(e), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
@@ -81,9 +96,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
         return Ok(Action::await_change()); // a service without a selector has hand-made Endpoints
     }
     let ns = svc.namespace().unwrap_or("default");
-    let pods = ctx.pods.state();
-    let subsets = Some(pkg::endpoints::compute_subsets(&svc, pods.iter().filter(|p| p.namespace() == Some(ns)).map(|p| p.as_ref())))
-        .filter(|s| !s.is_empty());
+    let pods = candidates(&ctx.pods, &ctx.labelled, &svc);
+    let subsets = Some(pkg::endpoints::compute_subsets(&svc, pods.iter().map(|p| p.as_ref()))).filter(|s| !s.is_empty());
     let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), ns);
     let labels = svc.metadata.labels.clone();
     let owners = Some(vec![owned_by(&svc)]);

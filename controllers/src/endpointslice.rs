@@ -10,8 +10,8 @@
 //!
 //! Upstream: pkg/controller/endpointslice/endpointslice_controller.go, reconciler.go
 
-use crate::cache::{caught_up, informer, written};
-use crate::endpoints::PodServices;
+use crate::cache::{by_label, caught_up, informer, written, Index, Shared};
+use crate::endpoints::{candidates, PodServices};
 use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -27,19 +27,23 @@ use std::time::{Duration, Instant};
 struct Ctx {
     client: kube::Client,
     pods: Store<Pod>,
+    labelled: Arc<Index<Pod>>,
     slices: Store<EndpointSlice>,
     expectations: Mutex<Expectations>,
 }
 
-pub async fn run(client: kube::Client) {
-    let (pods, pod_changes) = informer(Api::<Pod>::all(client.clone()));
+pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let (slices, slice_changes) = informer(Api::<EndpointSlice>::all(client.clone()));
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = controller.store();
     let mapping = PodServices::default();
-    let ctx = Arc::new(Ctx { client, pods, slices, expectations: Mutex::default() });
+    let labelled = Arc::new(Index::new(by_label));
+    let ctx = Arc::new(Ctx { client, pods: pods.store(), labelled: labelled.clone(), slices, expectations: Mutex::default() });
     controller
-        .watches_stream(pod_changes, move |pod| mapping.map(&services, &pod))
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
+            labelled.note(&pod);
+            mapping.map(&services, &pod)
+        })
         .watches_stream(slice_changes, |s: EndpointSlice| {
             let ns = s.namespace().unwrap_or_default().to_string();
             s.labels().get(es::SERVICE_NAME_LABEL).map(|svc| ObjectRef::new(svc).within(&ns))
@@ -71,8 +75,8 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_millis(100))); // our last writes are still on their way
     }
     let ns = svc.namespace().unwrap_or("default");
-    let pods = ctx.pods.state();
-    let desired = es::desired(&svc, pods.iter().filter(|p| p.namespace() == Some(ns)).map(|p| p.as_ref()));
+    let pods = candidates(&ctx.pods, &ctx.labelled, &svc);
+    let desired = es::desired(&svc, pods.iter().map(|p| p.as_ref()));
     let plan = es::plan(desired, &existing);
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
     let mut wrote = vec![];

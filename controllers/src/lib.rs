@@ -7,7 +7,8 @@
 //! lab's), or apart as `controller-manager --server URL`; either way they hold no state
 //! of their own that the API does not have, so restarting them is always safe.
 //!
-//! - [`cache`]: an informer per kind: a reflector's store plus the stream of changes;
+//! - [`cache`]: informers (a reflector's store plus the stream of changes), one shared
+//!   per kind ([`cache::Shared`]), and indexes of a store ([`cache::Index`]);
 //! - [`scheduler`]: places pending pods on nodes (`pods/binding`), with events;
 //! - [`replicaset`]: keeps each ReplicaSet's pods (create, adopt, release, delete the
 //!   least valuable first) and its status;
@@ -70,11 +71,15 @@ pub fn client_for(url: &str) -> anyhow::Result<kube::Client> {
 }
 
 /// Start every controller and the scheduler; each runs until the process ends.
+///
+/// Pods, the busiest kind, are watched once for all of them ([`cache::Shared`]), as a
+/// real controller-manager shares one informer per kind among its controllers.
 pub fn run(client: kube::Client) {
-    tokio::spawn(scheduler::run(client.clone()));
-    tokio::spawn(replicaset::run(client.clone()));
-    tokio::spawn(deployment::run(client.clone()));
+    let pods = cache::Shared::start(kube::Api::<pkg::api::Pod>::all(client.clone()));
+    tokio::spawn(scheduler::run(client.clone(), pods.clone()));
+    tokio::spawn(replicaset::run(client.clone(), pods.clone()));
+    tokio::spawn(deployment::run(client.clone(), pods.clone()));
     tokio::spawn(garbagecollector::run(client.clone()));
-    tokio::spawn(endpoints::run(client.clone()));
-    tokio::spawn(endpointslice::run(client));
+    tokio::spawn(endpoints::run(client.clone(), pods.clone()));
+    tokio::spawn(endpointslice::run(client, pods));
 }

@@ -16,7 +16,7 @@
 //!
 //! Upstream: pkg/controller/replicaset/replica_set.go (syncReplicaSet, manageReplicas)
 
-use crate::cache::{caught_up, informer, revision, settle, written, ByController};
+use crate::cache::{by_controller, caught_up, revision, settle, written, Index, Shared};
 use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -38,20 +38,19 @@ struct Ctx {
     client: kube::Client,
     pods: Store<Pod>,
     /// The pods by controller (and the orphans), so a pass reads only its own.
-    by_controller: Arc<ByController<Pod>>,
+    by_controller: Arc<Index<Pod>>,
     recorder: events::Recorder,
     expectations: Mutex<Expectations>,
 }
 
-pub async fn run(client: kube::Client) {
-    let (pods, pod_changes) = informer(Api::<Pod>::all(client.clone()));
+pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let controller = Controller::new(Api::<ReplicaSet>::all(client.clone()), watcher::Config::default());
     let sets = controller.store();
     let recorder = events::Recorder::start(client.clone(), "replicaset-controller", "");
-    let by_controller: Arc<ByController<Pod>> = Default::default();
-    let ctx = Arc::new(Ctx { client, pods, by_controller: by_controller.clone(), recorder, expectations: Mutex::default() });
+    let by_controller = Arc::new(Index::new(by_controller));
+    let ctx = Arc::new(Ctx { client, pods: pods.store(), by_controller: by_controller.clone(), recorder, expectations: Mutex::default() });
     controller
-        .watches_stream(pod_changes, move |pod| {
+        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
             by_controller.note(&pod);
             owners_of(&sets, &pod)
         })
@@ -89,13 +88,8 @@ async fn reconcile(set: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action> {
         Some(owner) => owner.uid == uid,
         None => !sel.0.is_empty() && sel.matches(p.labels()),
     };
-    let pods: Vec<Pod> = ctx
-        .by_controller
-        .lookup(&ctx.pods, &uid)
-        .iter()
-        .filter(|p| p.namespace() == Some(&ns) && candidate(p))
-        .map(|p| (**p).clone())
-        .collect();
+    let (own, orphans) = (ctx.by_controller.lookup(&ctx.pods, &uid), ctx.by_controller.lookup(&ctx.pods, ""));
+    let pods: Vec<Pod> = own.iter().chain(&orphans).filter(|p| p.namespace() == Some(&ns) && candidate(p)).map(|p| (**p).clone()).collect();
     if !caught_up(&ctx.expectations, &uid, pods.iter().map(|p| &p.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }

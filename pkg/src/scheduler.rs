@@ -3,13 +3,14 @@
 //! of the pod's `nodeSelector`; among the rest pick the one running the fewest pods.
 
 use crate::api::{Node, NodeExt, Object, Pod};
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 /// The chosen node's name, or the message of the `PodScheduled=False` condition.
-pub fn pick_node<'a>(pod: &Pod, nodes: &'a [Node], pods_per_node: &HashMap<String, usize>) -> Result<&'a str, String> {
+pub fn pick_node<'a, N: Borrow<Node>>(pod: &Pod, nodes: &'a [N], pods_per_node: &HashMap<String, usize>) -> Result<&'a str, String> {
     let (mut not_ready, mut unmatched) = (0, 0);
     let mut best: Option<(&str, usize)> = None;
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         if !node.is_ready() || node.unschedulable() {
             not_ready += 1;
             continue;
@@ -64,6 +65,6 @@ mod tests {
             err,
             "0/3 nodes are available: 1 node(s) were not ready or were unschedulable, 2 node(s) didn't match Pod's node affinity/selector."
         );
-        assert!(pick_node(&pod, &[], &counts).unwrap_err().contains("no nodes"));
+        assert!(pick_node::<Node>(&pod, &[], &counts).unwrap_err().contains("no nodes"));
     }
 }
