@@ -11,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource};
-use pkg::api::{ObjectMeta, OwnerReference};
+use pkg::api::{LabelSelector, ObjectMeta, OwnerReference};
 use pkg::workloads::expectations::{Expect, Expectations};
 use pkg::workloads::replicaset::Claims;
 use serde::de::DeserializeOwned;
@@ -167,6 +167,26 @@ impl<K: Resource<DynamicType = ()>> Filing<K> {
             }
         }
     }
+}
+
+/// What the owner `owner_uid` may claim in `ns`, copied (a pass edits them): the objects
+/// it controls, and those no one controls that its `selector` matches — the two lists
+/// client-go's controller-ref manager starts from, read from an index [`by_controller`].
+pub fn claimable<K>(index: &Index<K>, store: &Store<K>, ns: &str, owner_uid: &str, selector: &LabelSelector) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + pkg::api::Object + Clone,
+{
+    let sel = pkg::selector::LabelSelector::from_spec(selector).unwrap_or_default();
+    let candidate = |o: &K| match pkg::workloads::replicaset::controller_of(Resource::meta(o)) {
+        Some(owner) => owner.uid == owner_uid,
+        None => !sel.0.is_empty() && sel.matches(pkg::api::Object::labels(o)),
+    };
+    let (own, orphans) = (index.lookup(store, owner_uid), index.lookup(store, ""));
+    own.iter()
+        .chain(&orphans)
+        .filter(|o| Resource::meta(&***o).namespace.as_deref() == Some(ns) && candidate(o))
+        .map(|o| (**o).clone())
+        .collect()
 }
 
 /// Index function: the uid of the object's controller, `""` for none (the objects an

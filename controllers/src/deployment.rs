@@ -16,7 +16,7 @@
 //!
 //! Upstream: pkg/controller/deployment (deployment_controller.go, sync.go, rolling.go, recreate.go, progress.go)
 
-use crate::cache::{caught_up, controller_ref, informer, settle, written, Shared};
+use crate::cache::{by_controller, caught_up, claimable, controller_ref, informer, settle, written, Index, Shared};
 use crate::{on_error, Error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 struct Ctx {
     client: kube::Client,
     sets: Store<ReplicaSet>,
+    /// The ReplicaSets by controller (and the orphans), so a pass copies only its own.
+    by_controller: Arc<Index<ReplicaSet>>,
     pods: Store<Pod>,
     recorder: events::Recorder,
     expectations: Mutex<Expectations>,
@@ -46,13 +48,27 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let controller = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default());
     let deployments = controller.store();
     let recorder = events::Recorder::start(client.clone(), "deployment-controller", "");
-    let ctx = Arc::new(Ctx { client, sets: sets.clone(), pods: pods.store(), recorder, expectations: Mutex::default() });
+    let by_controller = Arc::new(Index::new(by_controller));
+    let ctx = Arc::new(Ctx {
+        client,
+        sets: sets.clone(),
+        by_controller: by_controller.clone(),
+        pods: pods.store(),
+        recorder,
+        expectations: Mutex::default(),
+    });
+    let (of_sets, of_pods) = (deployments.clone(), deployments);
     controller
-        .watches_stream(set_changes, move |s| owners_of(&deployments, &s))
-        // Pods matter to a Recreate (it waits for the old ones to be gone).
+        .watches_stream(set_changes, move |s| {
+            by_controller.note(&s);
+            owners_of(&of_sets, &s)
+        })
+        // Pods matter only to a Recreate (it waits for the old ones to be gone); the
+        // rolling update follows its ReplicaSets' status.
         .watches_shared_stream(pods.subscribe(), move |p: Arc<Pod>| {
             let set = controller_ref::<ReplicaSet>(&p.metadata, "ReplicaSet").and_then(|r| sets.get(&r));
-            set.and_then(|s| controller_ref::<Deployment>(&s.metadata, "Deployment"))
+            let owner = set.and_then(|s| controller_ref::<Deployment>(&s.metadata, "Deployment"));
+            owner.filter(|d| of_pods.get(d).is_some_and(|d| is_recreate(&d)))
         })
         .run(reconcile, |_, e, _| on_error(e), ctx)
         .for_each(|_| futures::future::ready(()))
@@ -96,6 +112,11 @@ fn as_rs(s: &ReplicaSet) -> Rs {
     }
 }
 
+/// Whether old pods must be gone before new ones start (`strategy.type: Recreate`).
+fn is_recreate(d: &Deployment) -> bool {
+    d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate")
+}
+
 /// One pass's view of a Deployment: its ReplicaSets, split into new and old.
 struct View {
     d: Arc<Deployment>,
@@ -110,7 +131,8 @@ struct View {
 async fn reconcile(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action> {
     let uid = d.uid().unwrap_or_default().to_string();
     let ns = d.namespace().unwrap_or("default").to_string();
-    let sets: Vec<ReplicaSet> = ctx.sets.state().iter().filter(|s| s.namespace() == Some(&ns)).map(|s| (**s).clone()).collect();
+    let selector = d.spec.as_ref().map(|sp| sp.selector.clone()).unwrap_or_default();
+    let sets: Vec<ReplicaSet> = claimable(&ctx.by_controller, &ctx.sets, &ns, &uid, &selector);
     if !caught_up(&ctx.expectations, &uid, sets.iter().map(|s| &s.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
@@ -230,7 +252,7 @@ async fn roll(ctx: &Ctx, v: &mut View) -> Result<()> {
     let Some(new) = v.new.clone() else { return Ok(()) };
     let desired = v.spec.replicas.unwrap_or(1);
     let old: Vec<Rs> = v.old.iter().map(as_rs).collect();
-    let recreate = v.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let recreate = is_recreate(&v.d);
     let scales = if recreate {
         let old_uids: Vec<&str> = v.old.iter().filter_map(|s| s.uid()).collect();
         let left = ctx
@@ -321,7 +343,7 @@ async fn update_status(ctx: &Ctx, v: &View, created: bool) -> Result<Action> {
 fn conditions(v: &View, st: &DeploymentStatus, old: &DeploymentStatus, created: bool) -> (Vec<DeploymentCondition>, bool) {
     let desired = v.spec.replicas.unwrap_or(1);
     let available = st.available_replicas.unwrap_or(0);
-    let recreate = v.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let recreate = is_recreate(&v.d);
     let max_unavailable = if recreate { 0 } else { dep::surge_and_unavailable(&v.spec, desired).1 };
     let complete = st.updated_replicas == Some(desired) && st.replicas == Some(desired) && available >= desired;
     let progressed = st.updated_replicas > old.updated_replicas

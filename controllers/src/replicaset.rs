@@ -16,7 +16,7 @@
 //!
 //! Upstream: pkg/controller/replicaset/replica_set.go (syncReplicaSet, manageReplicas)
 
-use crate::cache::{by_controller, caught_up, revision, settle, written, Index, Shared};
+use crate::cache::{by_controller, caught_up, claimable, revision, settle, written, Index, Shared};
 use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -83,13 +83,8 @@ async fn reconcile(set: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action> {
     // Only the pods this set may claim (its own, and orphans it selects), from the index:
     // a namespace of 15,000 pods scanned and copied at every pass kept the controller
     // minutes behind.
-    let sel = set.spec.as_ref().map(|sp| Parsed::from_spec(&sp.selector).unwrap_or_default()).unwrap_or_default();
-    let candidate = |p: &Pod| match rs::controller_of(&p.metadata) {
-        Some(owner) => owner.uid == uid,
-        None => !sel.0.is_empty() && sel.matches(p.labels()),
-    };
-    let (own, orphans) = (ctx.by_controller.lookup(&ctx.pods, &uid), ctx.by_controller.lookup(&ctx.pods, ""));
-    let pods: Vec<Pod> = own.iter().chain(&orphans).filter(|p| p.namespace() == Some(&ns) && candidate(p)).map(|p| (**p).clone()).collect();
+    let selector = set.spec.as_ref().map(|sp| sp.selector.clone()).unwrap_or_default();
+    let pods: Vec<Pod> = claimable(&ctx.by_controller, &ctx.pods, &ns, &uid, &selector);
     if !caught_up(&ctx.expectations, &uid, pods.iter().map(|p| &p.metadata)) {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }

@@ -79,13 +79,21 @@ async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str, steps: &mut Steps) -> anyhow::
     std::fs::create_dir_all(&dir)?;
     let files = PodFiles { hosts: dir.join("hosts"), hostname: dir.join("hostname"), resolv: dir.join("resolv.conf") };
     let name = hostname(pod);
-    std::fs::write(
-        &files.hosts,
-        format!("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"),
-    )?;
-    std::fs::write(&files.hostname, format!("{name}\n"))?;
-    std::fs::write(&files.resolv, resolv_conf(ctx, pod))?;
+    let hosts =
+        format!("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n");
+    write_if_changed(&files.hosts, &hosts)?;
+    write_if_changed(&files.hostname, &format!("{name}\n"))?;
+    write_if_changed(&files.resolv, &resolv_conf(ctx, pod))?;
     Ok((ip, netns, files))
+}
+
+/// Write a file only if it does not hold `content` already: a pod is synced every 10 s,
+/// and rewriting its three files each time was most of a steady pass's cost.
+fn write_if_changed(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    match std::fs::read(path) {
+        Ok(now) if now == content.as_bytes() => Ok(()),
+        _ => std::fs::write(path, content),
+    }
 }
 
 /// The pod's `/etc/resolv.conf`, from its `dnsPolicy` and `dnsConfig`
