@@ -260,7 +260,7 @@ impl Ipam {
         let dir = state_dir.join("ipam").join(cidr.to_string().replace('/', "-"));
         std::fs::create_dir_all(&dir)?;
         let mut ipam = Ipam { dir, cidr, held: Default::default() };
-        ipam.held = std::sync::Mutex::new(ipam.all().into_iter().map(|(ip, owner)| (owner, ip)).collect());
+        ipam.held = std::sync::Mutex::new(ipam.on_disk().into_iter().map(|(ip, owner)| (owner, ip)).collect());
         Ok(ipam)
     }
 
@@ -305,7 +305,7 @@ impl Ipam {
 
     pub fn release(&self, owner: &str) {
         self.held.lock().unwrap().remove(owner);
-        for (ip, o) in self.all() {
+        for (ip, o) in self.on_disk() {
             if o == owner {
                 let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
             }
@@ -314,6 +314,11 @@ impl Ipam {
 
     /// Every (address, owner) handed out.
     pub fn all(&self) -> Vec<(Ipv4Addr, String)> {
+        self.held.lock().unwrap().iter().map(|(owner, ip)| (*ip, owner.clone())).collect()
+    }
+
+    /// Every (address, owner) the directory holds.
+    fn on_disk(&self) -> Vec<(Ipv4Addr, String)> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else { return vec![] };
         rd.flatten()
             .filter_map(|e| {

@@ -24,6 +24,7 @@
 use super::{hash16, ServicePort};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The mark that asks KUBE-POSTROUTING to masquerade a packet.
 pub const MASQ_MARK: &str = "0x4000/0x4000";
@@ -208,7 +209,7 @@ pub struct Ruleset {
 /// remove (those of services that went away). KUBE-SERVICES, KUBE-NODEPORTS,
 /// KUBE-MARK-MASQ, KUBE-POSTROUTING and the filter chains are always written whole.
 pub fn render(
-    rendered: &BTreeMap<(String, String), ServiceChains>,
+    rendered: &BTreeMap<(String, String), Arc<ServiceChains>>,
     write: impl Fn(&(String, String)) -> bool,
     delete: &[String],
 ) -> Ruleset {
@@ -262,7 +263,7 @@ pub const CHUNK: usize = 100;
 /// Remembers what the last successful sync wrote, to plan the next one.
 #[derive(Default)]
 pub struct Planner {
-    applied: BTreeMap<(String, String), ServiceChains>,
+    applied: BTreeMap<(String, String), Arc<ServiceChains>>,
     /// What `applied` was rendered from (the cluster CIDR and each service port): a
     /// service port that has not changed since keeps its chains without being rendered
     /// again, as kube-proxy re-renders only the services it was told changed. Rendering
@@ -282,7 +283,7 @@ pub struct Plan {
     pub written: usize,
     /// Chains removed.
     pub deleted: Vec<String>,
-    next: BTreeMap<(String, String), ServiceChains>,
+    next: BTreeMap<(String, String), Arc<ServiceChains>>,
     next_from: (String, BTreeMap<(String, String), ServicePort>),
 }
 
@@ -324,7 +325,7 @@ impl Planner {
         deleted.sort();
         deleted.dedup();
         let write = |k: &(String, String)| full || self.applied.get(k) != next.get(k);
-        let to_write: Vec<&ServiceChains> = next.iter().filter(|(k, c)| !c.chains.is_empty() && write(k)).map(|(_, c)| c).collect();
+        let to_write: Vec<&ServiceChains> = next.iter().filter(|(k, c)| !c.chains.is_empty() && write(k)).map(|(_, c)| &**c).collect();
         let written = to_write.len();
         let chunk = self.chunk.unwrap_or(CHUNK);
         let (mut transactions, mut rules) = (vec![], 0);
@@ -346,11 +347,13 @@ impl Planner {
 
     /// A service port's chains: those last applied if it has not changed since, else
     /// rendered anew.
-    fn render(&self, key: &(String, String), sp: &ServicePort, cluster_cidr: &str) -> ServiceChains {
+    /// Shared, not copied: comparing a reused entry with the applied one is then a
+    /// pointer comparison.
+    fn render(&self, key: &(String, String), sp: &ServicePort, cluster_cidr: &str) -> Arc<ServiceChains> {
         let (cidr, from) = &self.rendered_from;
         match self.applied.get(key) {
             Some(chains) if cidr == cluster_cidr && from.get(key) == Some(sp) => chains.clone(),
-            _ => render_service(sp, cluster_cidr),
+            _ => Arc::new(render_service(sp, cluster_cidr)),
         }
     }
 
