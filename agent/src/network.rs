@@ -271,11 +271,13 @@ impl Ipam {
 
     /// The owner's address, or the next free one (after the gateway) claimed for it.
     pub fn allocate(&self, owner: &str) -> anyhow::Result<Ipv4Addr> {
-        if let Some(ip) = self.lookup(owner) {
-            return Ok(ip);
+        // Held across the claim: two calls for one owner must not claim two addresses.
+        let mut held = self.held.lock().unwrap();
+        if let Some(ip) = held.get(owner) {
+            return Ok(*ip);
         }
         let ip = self.claim(owner)?;
-        self.held.lock().unwrap().insert(owner.to_string(), ip);
+        held.insert(owner.to_string(), ip);
         Ok(ip)
     }
 
@@ -304,7 +306,8 @@ impl Ipam {
     }
 
     pub fn release(&self, owner: &str) {
-        self.held.lock().unwrap().remove(owner);
+        let mut held = self.held.lock().unwrap();
+        held.remove(owner);
         for (ip, o) in self.on_disk() {
             if o == owner {
                 let _ = std::fs::remove_file(self.dir.join(ip.to_string()));

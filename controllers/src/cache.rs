@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use tokio::sync::broadcast;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// A kind's store and the stream of its changed (or deleted) objects. The store fills
 /// only while the stream is polled.
@@ -94,11 +94,10 @@ where
 /// An index of a store, as client-go's `Indexer` keeps one: every object is filed under
 /// the keys an index function gives it (its controller's uid, say, or its labels), so a
 /// controller reads the few objects it needs instead of scanning every one of the kind.
-/// kube's store has no indexers, so this one is fed from the informer's stream (every
-/// changed object passes through [`Index::note`]); a deleted object stays filed until
-/// [`Index::lookup`] finds it gone from the store. What a lookup returns is a candidate
-/// list: the store may already hold a newer version filed under other keys (its change
-/// is still on its way through the stream), so callers check what they need.
+/// kube's store has no indexers, so this one is fed from a [`Shared`] informer's changes
+/// (each passes through [`Index::note`] before the controller sees it). What a lookup
+/// returns is a candidate list: the store may already hold a newer version filed under
+/// other keys (its change is still on its way), so callers check what they need.
 ///
 /// At 15,000 pods, scanning them all for every ReplicaSet pass kept that controller so
 /// far behind that it created pods twice; scanning them for every service pass cost the
@@ -122,8 +121,22 @@ impl<K: Resource<DynamicType = ()> + Clone> Index<K> {
         Index { keys_of, inner: Mutex::new(Filing { by_key: HashMap::new(), keys: HashMap::new() }) }
     }
 
-    /// File an object under its keys now (moving it if they changed).
-    pub fn note(&self, obj: &K) {
+    /// Take a change in: file an applied object under its keys now (moving it if they
+    /// changed), forget a deleted one.
+    pub fn note(&self, change: &Change<K>) {
+        match change {
+            Change::Applied(obj) => self.file(obj),
+            Change::Deleted(obj) => {
+                let key = ObjectRef::from_obj(&**obj);
+                let mut f = self.inner.lock().unwrap();
+                for k in f.keys.remove(&key).unwrap_or_default() {
+                    f.unfile(&k, &key);
+                }
+            }
+        }
+    }
+
+    fn file(&self, obj: &K) {
         let key = ObjectRef::from_obj(obj);
         let keys = (self.keys_of)(obj);
         let mut f = self.inner.lock().unwrap();
@@ -181,7 +194,7 @@ where
         Some(owner) => owner.uid == owner_uid,
         None => !sel.0.is_empty() && sel.matches(pkg::api::Object::labels(o)),
     };
-    let (own, orphans) = (index.lookup(store, owner_uid), index.lookup(store, ""));
+    let (own, orphans) = (index.lookup(store, owner_uid), index.lookup(store, &orphans_key(ns)));
     own.iter()
         .chain(&orphans)
         .filter(|o| Resource::meta(&***o).namespace.as_deref() == Some(ns) && candidate(o))
@@ -189,10 +202,17 @@ where
         .collect()
 }
 
-/// Index function: the uid of the object's controller, `""` for none (the objects an
-/// owner may adopt).
+/// Index function: the uid of the object's controller, or for none [`orphans_key`] of
+/// its namespace (the objects an owner there may adopt).
 pub fn by_controller<K: Resource<DynamicType = ()>>(obj: &K) -> Vec<String> {
-    vec![pkg::workloads::replicaset::controller_of(obj.meta()).map(|o| o.uid.clone()).unwrap_or_default()]
+    let ns = obj.meta().namespace.as_deref().unwrap_or_default();
+    vec![pkg::workloads::replicaset::controller_of(obj.meta()).map_or_else(|| orphans_key(ns), |o| o.uid.clone())]
+}
+
+/// The [`by_controller`] key of a namespace's objects without a controller (a uid never
+/// holds a `/`).
+pub fn orphans_key(ns: &str) -> String {
+    format!("{ns}/")
 }
 
 /// Index function: one key per label, [`label_key`].
@@ -206,28 +226,51 @@ pub fn label_key(ns: &str, key: &str, value: &str) -> String {
     format!("{ns}/{key}={value}")
 }
 
-/// How many changes a subscriber of a [`Shared`] informer may fall behind before it
-/// misses some (and is then handed the whole store again).
-const SHARED_BACKLOG: usize = 16 * 1024;
+/// A change a [`Shared`] informer hands its subscribers, once its store shows it.
+#[derive(Clone, Debug)]
+pub enum Change<K> {
+    Applied(Arc<K>),
+    /// Deleted, or gone from a fresh list (client-go's `DeletedFinalStateUnknown`).
+    Deleted(Arc<K>),
+}
+
+impl<K> Change<K> {
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Change::Applied(o) | Change::Deleted(o) => o,
+        }
+    }
+
+    pub fn into_object(self) -> Arc<K> {
+        match self {
+            Change::Applied(o) | Change::Deleted(o) => o,
+        }
+    }
+}
 
 /// One informer for a kind, shared by every controller of the process, as client-go's
 /// `SharedInformerFactory` gives them: one watch, one decode of each event, one store,
-/// and a broadcast of each changed (or deleted) object to every subscriber. Five pod
-/// informers (scheduler, ReplicaSets, Deployments, Endpoints, EndpointSlices) meant five
-/// watches of every pod, each event decoded and copied five times, and five stores.
+/// and each change handed to every subscriber. Five pod informers (scheduler,
+/// ReplicaSets, Deployments, Endpoints, EndpointSlices) meant five watches of every pod,
+/// each event decoded and copied five times, and five stores.
 ///
-/// kube's own shared store (`reflector::store_shared`) does not pass deletions on, which
-/// the ReplicaSet and endpoints controllers need: hence this one.
+/// Each subscriber has a channel of its own with no bound: no change is ever dropped, and
+/// a slow controller costs memory, never another's progress. A change is sent only once
+/// the store shows it: the objects of a (re)list when the list is complete, together with
+/// a `Deleted` for each object the new list no longer has — so an index fed from the
+/// changes never files what the store does not hold, and no deletion goes unseen.
+/// kube's own shared store (`reflector::store_shared`) passes on neither deletions nor
+/// what a relist removed, which the ReplicaSet and endpoints controllers need.
 ///
 /// Upstream: k8s.io/client-go/tools/cache/shared_informer.go
 pub struct Shared<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    changes: broadcast::Sender<Arc<K>>,
+    subscribers: Arc<Mutex<Vec<mpsc::UnboundedSender<Change<K>>>>>,
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Shared<K> {
     fn clone(&self) -> Self {
-        Shared { store: self.store.clone(), changes: self.changes.clone() }
+        Shared { store: self.store.clone(), subscribers: self.subscribers.clone() }
     }
 }
 
@@ -237,53 +280,101 @@ where
 {
     /// Start the watch (it runs as long as the process).
     pub fn start(api: Api<K>) -> Self {
-        let (store, stream) = informer(api);
-        let (changes, _) = broadcast::channel(SHARED_BACKLOG);
-        let tx = changes.clone();
+        let (store, writer) = reflector::store();
+        let events = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        let shared = Shared { store, subscribers: Default::default() };
+        let (store, subscribers) = (shared.store.clone(), shared.subscribers.clone());
         tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(change) = stream.next().await {
-                match change {
-                    Ok(obj) => drop(tx.send(Arc::new(obj))),
+            let mut events = std::pin::pin!(events);
+            let mut listing = None;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        let changes = changes_of(&event, &store, &mut listing);
+                        let mut subs = subscribers.lock().unwrap();
+                        subs.retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
+                    }
                     Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; listing again"),
                 }
             }
         });
-        Shared { store, changes }
+        shared
     }
 
-    /// The store (fills once the first list is in).
+    /// The store (ready once the first list is in).
     pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
 
-    /// Every object the store holds now, then each change from here on. A subscriber
-    /// that falls [`SHARED_BACKLOG`] changes behind is handed the whole store again: a
-    /// controller is level-triggered, so seeing everything once more repairs what it missed.
-    pub fn subscribe(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        let rx = self.changes.subscribe();
-        let store = self.store.clone();
-        let now = futures::stream::iter(store.state());
-        let later = futures::stream::unfold((rx, store), |(mut rx, store)| async move {
-            let batch = match rx.recv().await {
-                Ok(obj) => vec![obj],
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(kind = %K::kind(&()), missed = n, "a subscriber fell behind; handing it the whole store");
-                    store.state()
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((futures::stream::iter(batch), (rx, store)))
-        });
-        now.chain(later.flatten())
+    /// Every object the store holds now, then each change from here on.
+    pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Under the lock, so no change falls between the snapshot and the registration
+        // (one may come twice, which a level-triggered controller does not mind).
+        let mut subs = self.subscribers.lock().unwrap();
+        for obj in self.store.state() {
+            let _ = tx.send(Change::Applied(obj));
+        }
+        subs.push(tx);
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
+    }
+
+    /// The changed objects, for `Controller::watches_shared_stream`: each change taken
+    /// into `index` first, if one is given, so the reconcile it wakes finds it filed.
+    pub fn objects(&self, index: Option<Arc<Index<K>>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.subscribe().map(move |c| {
+            if let Some(ix) = &index {
+                ix.note(&c);
+            }
+            c.into_object()
+        })
+    }
+
+    /// Wait for the first list: a controller that decided on an empty cache would create
+    /// what exists (client-go's `WaitForCacheSync`).
+    ///
+    /// Polled again every 100 ms: kube's `wait_until_ready` keeps only the last waiter's
+    /// waker (a oneshot receiver shared by all), so of the five controllers waiting on
+    /// one store at once, four were never woken.
+    pub async fn ready(&self) {
+        while tokio::time::timeout(Duration::from_millis(100), self.store.wait_until_ready()).await.is_err() {}
+    }
+}
+
+/// What one watcher event means to subscribers, once the reflector has applied it to
+/// `store`. A list arrives as `Init`, an `InitApply` per object and `InitDone`, and the
+/// store swaps in the new list only at `InitDone`: so the objects go out then, and with
+/// them a `Deleted` for each object of the old list (kept in `listing` at `Init`) that
+/// the new one lacks.
+pub fn changes_of<K>(event: &watcher::Event<K>, store: &Store<K>, listing: &mut Option<Vec<Arc<K>>>) -> Vec<Change<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    use watcher::Event;
+    match event {
+        Event::Apply(obj) => vec![Change::Applied(store.get(&ObjectRef::from_obj(obj)).unwrap_or_else(|| Arc::new(obj.clone())))],
+        Event::Delete(obj) => vec![Change::Deleted(Arc::new(obj.clone()))],
+        Event::Init => {
+            *listing = Some(store.state());
+            vec![]
+        }
+        Event::InitApply(_) => vec![],
+        Event::InitDone => {
+            let now = store.state();
+            let listed: HashSet<ObjectRef<K>> = now.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+            let before = listing.take().unwrap_or_default();
+            let gone = before.into_iter().filter(|o| !listed.contains(&ObjectRef::from_obj(&**o))).map(Change::Deleted);
+            now.into_iter().map(Change::Applied).chain(gone).collect()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{by_controller, by_label, label_key, Index};
+    use super::{by_controller, by_label, changes_of, label_key, orphans_key, Change, Index};
     use kube::runtime::{reflector, watcher};
     use pkg::api::Pod;
+    use std::sync::Arc;
 
     fn pod(name: &str, owner: Option<&str>) -> Pod {
         let refs = owner
@@ -291,31 +382,38 @@ mod tests {
         serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": "a", "ownerReferences": refs}})).unwrap()
     }
 
-    fn names(v: Vec<std::sync::Arc<Pod>>) -> Vec<String> {
+    fn names(v: Vec<Arc<Pod>>) -> Vec<String> {
         let mut n: Vec<String> = v.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
         n.sort();
         n
     }
 
+    fn applied(p: &Pod) -> Change<Pod> {
+        Change::Applied(Arc::new(p.clone()))
+    }
+
     #[test]
-    fn an_owner_finds_its_own_objects_and_orphans_are_filed_apart() {
+    fn an_owner_finds_its_own_objects_and_orphans_are_filed_by_namespace() {
         let (store, mut writer) = reflector::store::<Pod>();
         let ix = Index::<Pod>::new(by_controller);
         for p in [pod("mine", Some("u1")), pod("theirs", Some("u2")), pod("orphan", None)] {
             writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
-            ix.note(&p);
+            ix.note(&applied(&p));
         }
         assert_eq!(names(ix.lookup(&store, "u1")), ["mine"]);
-        assert_eq!(names(ix.lookup(&store, "")), ["orphan"]);
-        // Adopted by u1: moves; deleted: dropped once the store no longer has it.
+        assert_eq!(names(ix.lookup(&store, &orphans_key("a"))), ["orphan"]);
+        assert!(ix.lookup(&store, &orphans_key("b")).is_empty());
+        // Adopted by u1: moves. Deleted: forgotten.
         let adopted = pod("orphan", Some("u1"));
         writer.apply_watcher_event(&watcher::Event::Apply(adopted.clone()));
-        ix.note(&adopted);
-        writer.apply_watcher_event(&watcher::Event::Delete(pod("theirs", Some("u2"))));
+        ix.note(&applied(&adopted));
+        let gone = pod("theirs", Some("u2"));
+        writer.apply_watcher_event(&watcher::Event::Delete(gone.clone()));
+        ix.note(&Change::Deleted(Arc::new(gone)));
         assert_eq!(names(ix.lookup(&store, "u1")), ["mine", "orphan"]);
-        assert!(ix.lookup(&store, "").is_empty());
+        assert!(ix.lookup(&store, &orphans_key("a")).is_empty());
         assert!(ix.lookup(&store, "u2").is_empty());
-        assert_eq!(names(ix.lookup(&store, "u3")), Vec::<String>::new());
+        assert!(ix.inner.lock().unwrap().keys.len() == 2, "nothing left of the deleted one");
     }
 
     #[test]
@@ -325,36 +423,54 @@ mod tests {
         let mut p = pod("web-1", None);
         p.metadata.labels = Some([("app".to_string(), "web".to_string()), ("tier".to_string(), "front".to_string())].into());
         writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
-        ix.note(&p);
+        ix.note(&applied(&p));
         assert_eq!(names(ix.lookup(&store, &label_key("a", "app", "web"))), ["web-1"]);
         assert_eq!(names(ix.lookup(&store, &label_key("a", "tier", "front"))), ["web-1"]);
         assert!(ix.lookup(&store, &label_key("b", "app", "web")).is_empty(), "another namespace");
         p.metadata.labels = Some([("app".to_string(), "api".to_string())].into());
         writer.apply_watcher_event(&watcher::Event::Apply(p.clone()));
-        ix.note(&p);
+        ix.note(&applied(&p));
         assert!(ix.lookup(&store, &label_key("a", "app", "web")).is_empty());
         assert!(ix.lookup(&store, &label_key("a", "tier", "front")).is_empty());
         assert_eq!(names(ix.lookup(&store, &label_key("a", "app", "api"))), ["web-1"]);
     }
 
-    #[tokio::test]
-    async fn a_subscriber_sees_the_store_then_every_change_and_the_store_again_if_it_lags() {
-        use futures::StreamExt;
+    /// A relist: nothing goes out until the store has the new list; then every object,
+    /// and a deletion for the one the new list lacks.
+    #[test]
+    fn a_relist_is_handed_on_when_complete_with_what_it_removed() {
+        use watcher::Event;
         let (store, mut writer) = reflector::store::<Pod>();
-        writer.apply_watcher_event(&watcher::Event::Apply(pod("old", None)));
-        let (changes, _) = tokio::sync::broadcast::channel(2);
-        let shared = super::Shared { store, changes };
-        let mut sub = Box::pin(shared.subscribe());
-        let name = |p: std::sync::Arc<Pod>| p.metadata.name.clone().unwrap();
-        assert_eq!(name(sub.next().await.unwrap()), "old", "what the store held when it subscribed");
-        shared.changes.send(std::sync::Arc::new(pod("new", None))).unwrap();
-        assert_eq!(name(sub.next().await.unwrap()), "new");
-        // Three changes into a backlog of two: the subscriber lags, and gets the store.
-        for n in ["a", "b", "c"] {
-            shared.changes.send(std::sync::Arc::new(pod(n, None))).unwrap();
+        let mut listing = None;
+        let mut step = |e: Event<Pod>| {
+            writer.apply_watcher_event(&e);
+            changes_of(&e, &store, &mut listing)
+        };
+        let out = |cs: Vec<Change<Pod>>| -> Vec<String> {
+            let mut v: Vec<String> = cs
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}:{}",
+                        if matches!(c, Change::Applied(_)) { "applied" } else { "deleted" },
+                        c.object().metadata.name.as_deref().unwrap()
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(step(Event::Init).is_empty());
+        assert!(step(Event::InitApply(pod("kept", None))).is_empty());
+        assert!(step(Event::InitApply(pod("dropped", None))).is_empty(), "not in the store before InitDone");
+        assert_eq!(out(step(Event::InitDone)), ["applied:dropped", "applied:kept"]);
+        assert_eq!(out(step(Event::Apply(pod("new", None)))), ["applied:new"]);
+        // The watch breaks; meanwhile `dropped` is deleted and `late` created.
+        assert!(step(Event::Init).is_empty());
+        for name in ["kept", "new", "late"] {
+            assert!(step(Event::InitApply(pod(name, None))).is_empty());
         }
-        assert_eq!(name(sub.next().await.unwrap()), "old", "the whole store, after a lag");
-        assert_eq!(name(sub.next().await.unwrap()), "b");
-        assert_eq!(name(sub.next().await.unwrap()), "c");
+        assert_eq!(out(step(Event::InitDone)), ["applied:kept", "applied:late", "applied:new", "deleted:dropped"]);
+        assert_eq!(out(step(Event::Delete(pod("late", None)))), ["deleted:late"]);
     }
 }

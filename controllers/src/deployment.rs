@@ -16,7 +16,7 @@
 //!
 //! Upstream: pkg/controller/deployment (deployment_controller.go, sync.go, rolling.go, recreate.go, progress.go)
 
-use crate::cache::{by_controller, caught_up, claimable, controller_ref, informer, settle, written, Index, Shared};
+use crate::cache::{by_controller, caught_up, claimable, controller_ref, settle, written, Index, Shared};
 use crate::{on_error, Error, Result, RESYNC};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -44,7 +44,8 @@ struct Ctx {
 }
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) {
-    let (sets, set_changes) = informer(Api::<ReplicaSet>::all(client.clone()));
+    let set_informer = Shared::start(Api::<ReplicaSet>::all(client.clone()));
+    let sets = set_informer.store();
     let controller = Controller::new(Api::<Deployment>::all(client.clone()), watcher::Config::default());
     let deployments = controller.store();
     let recorder = events::Recorder::start(client.clone(), "deployment-controller", "");
@@ -58,14 +59,13 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
         expectations: Mutex::default(),
     });
     let (of_sets, of_pods) = (deployments.clone(), deployments);
+    set_informer.ready().await;
+    pods.ready().await;
     controller
-        .watches_stream(set_changes, move |s| {
-            by_controller.note(&s);
-            owners_of(&of_sets, &s)
-        })
+        .watches_shared_stream(set_informer.objects(Some(by_controller)), move |s: Arc<ReplicaSet>| owners_of(&of_sets, &s))
         // Pods matter only to a Recreate (it waits for the old ones to be gone); the
         // rolling update follows its ReplicaSets' status.
-        .watches_shared_stream(pods.subscribe(), move |p: Arc<Pod>| {
+        .watches_shared_stream(pods.objects(None), move |p: Arc<Pod>| {
             let set = controller_ref::<ReplicaSet>(&p.metadata, "ReplicaSet").and_then(|r| sets.get(&r));
             let owner = set.and_then(|s| controller_ref::<Deployment>(&s.metadata, "Deployment"));
             owner.filter(|d| of_pods.get(d).is_some_and(|d| is_recreate(&d)))

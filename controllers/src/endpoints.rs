@@ -81,11 +81,9 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let mapping = PodServices::default();
     let labelled = Arc::new(Index::new(by_label));
     let ctx = Arc::new(Ctx { client, pods: pods.store(), labelled: labelled.clone() });
+    pods.ready().await;
     controller
-        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
-            labelled.note(&pod);
-            mapping.map(&services, &pod)
-        })
+        .watches_shared_stream(pods.objects(Some(labelled)), move |pod: Arc<Pod>| mapping.map(&services, &pod))
         .run(reconcile, |_, e, _| on_error(e), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;

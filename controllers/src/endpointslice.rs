@@ -10,7 +10,7 @@
 //!
 //! Upstream: pkg/controller/endpointslice/endpointslice_controller.go, reconciler.go
 
-use crate::cache::{by_label, caught_up, informer, written, Index, Shared};
+use crate::cache::{by_label, caught_up, written, Index, Shared};
 use crate::endpoints::{candidates, PodServices};
 use crate::{on_error, Result, RESYNC};
 use futures::StreamExt;
@@ -33,18 +33,19 @@ struct Ctx {
 }
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) {
-    let (slices, slice_changes) = informer(Api::<EndpointSlice>::all(client.clone()));
+    let slice_informer = Shared::start(Api::<EndpointSlice>::all(client.clone()));
+    let slices = slice_informer.store();
     let controller = Controller::new(Api::<Service>::all(client.clone()), watcher::Config::default());
     let services = controller.store();
     let mapping = PodServices::default();
     let labelled = Arc::new(Index::new(by_label));
     let ctx = Arc::new(Ctx { client, pods: pods.store(), labelled: labelled.clone(), slices, expectations: Mutex::default() });
+    // A pass on an empty slice cache would make a second set of slices.
+    slice_informer.ready().await;
+    pods.ready().await;
     controller
-        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
-            labelled.note(&pod);
-            mapping.map(&services, &pod)
-        })
-        .watches_stream(slice_changes, |s: EndpointSlice| {
+        .watches_shared_stream(pods.objects(Some(labelled)), move |pod: Arc<Pod>| mapping.map(&services, &pod))
+        .watches_shared_stream(slice_informer.objects(None), |s: Arc<EndpointSlice>| {
             let ns = s.namespace().unwrap_or_default().to_string();
             s.labels().get(es::SERVICE_NAME_LABEL).map(|svc| ObjectRef::new(svc).within(&ns))
         })

@@ -49,11 +49,9 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let recorder = events::Recorder::start(client.clone(), "replicaset-controller", "");
     let by_controller = Arc::new(Index::new(by_controller));
     let ctx = Arc::new(Ctx { client, pods: pods.store(), by_controller: by_controller.clone(), recorder, expectations: Mutex::default() });
+    pods.ready().await;
     controller
-        .watches_shared_stream(pods.subscribe(), move |pod: Arc<Pod>| {
-            by_controller.note(&pod);
-            owners_of(&sets, &pod)
-        })
+        .watches_shared_stream(pods.objects(Some(by_controller)), move |pod: Arc<Pod>| owners_of(&sets, &pod))
         .run(reconcile, |_, e, _| on_error(e), ctx)
         .for_each(|_| futures::future::ready(()))
         .await;

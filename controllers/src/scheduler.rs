@@ -13,10 +13,10 @@
 //!
 //! Upstream: pkg/scheduler/schedule_one.go, pkg/scheduler/internal/cache (assume)
 
-use crate::cache::{informer, Shared};
+use crate::cache::{informer, Change, Shared};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use pkg::api::*;
 use pkg::events::object_ref;
 use std::collections::HashMap;
@@ -44,10 +44,11 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     // A pass is worth running when a pod waits for a node, or a pod or node change may
     // have made room: not for the status updates of pods already bound, which are most
     // of the traffic (at 15,000 pods, a pass for each kept a core busy).
-    let store = pods.store();
-    let worth_a_pass =
-        move |p: &Pod| p.node_name().is_none() || p.is_terminal() || p.is_deleting() || store.get(&ObjectRef::from_obj(p)).is_none();
-    let pod_wakes = pods.subscribe().filter(move |p| futures::future::ready(worth_a_pass(p))).map(|_| ());
+    let worth_a_pass = |c: &Change<Pod>| match c {
+        Change::Deleted(_) => true,
+        Change::Applied(p) => p.node_name().is_none() || p.is_terminal() || p.is_deleting(),
+    };
+    let pod_wakes = pods.subscribe().filter(move |c| futures::future::ready(worth_a_pass(c))).map(|_| ());
     let node_wakes = node_changes.filter_map(|c| futures::future::ready(c.ok().map(|_| ())));
     for changes in [pod_wakes.boxed(), node_wakes.boxed()] {
         let wake = wake.clone();
@@ -56,8 +57,8 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
             futures::future::ready(())
         }));
     }
+    pods.ready().await;
     let pods = pods.store();
-    let _ = pods.wait_until_ready().await;
     let _ = nodes.wait_until_ready().await;
     let mut s = Scheduler { client, pods, nodes, recorder, assumed: HashMap::new() };
     loop {

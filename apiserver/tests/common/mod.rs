@@ -8,30 +8,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback port nobody listens on, from below the kernel's ephemeral range
-/// (`ip_local_port_range`, 32768–60999 by default).
-///
-/// Binding port 0 would return an ephemeral port and release it: the very next
-/// outgoing connection (the apiserver dialling etcd, a test's HTTP client) may take it as
-/// its source port before etcd binds it, and etcd then exits with "address already in
-/// use". That is the likeliest reading of CI's one "etcd did not start" (after the 20 s
-/// wait, with etcd's own log then thrown away; it is now kept). Ports below the range are never handed out as
-/// source ports; a counter keeps this binary's parallel tests apart, and the process id
-/// keeps test binaries apart.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    const FIRST: u16 = 20000;
-    const SPAN: u16 = 12000;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let offset = (std::process::id() % u32::from(SPAN)) as u16;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = FIRST + (offset.wrapping_add(n)) % SPAN;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN)
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A throwaway etcd; killed (and its data removed) on drop.
@@ -43,17 +21,34 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// A port from [`free_port`] is released before etcd binds it, and a neighbour test's
+    /// connection may take it meanwhile as its source port (CI saw "etcd did not start"):
+    /// if etcd exits at once, it is started again on other ports.
     pub fn start() -> Etcd {
         let dir = tempfile::tempdir().unwrap();
-        let (port, peer_port) = (free_port(), free_port());
-        let mut e = Etcd { url: format!("http://127.0.0.1:{port}"), peer_port, child: None, dir };
-        e.restart();
+        let mut e = Etcd { url: String::new(), peer_port: 0, child: None, dir };
+        for attempt in 1.. {
+            let (port, peer_port) = (free_port(), free_port());
+            (e.url, e.peer_port) = (format!("http://127.0.0.1:{port}"), peer_port);
+            match e.spawn() {
+                Ok(()) => break,
+                Err(why) if attempt < 5 => eprintln!("etcd on port {port} exited; trying other ports: {why}"),
+                Err(why) => panic!("{why}"),
+            }
+        }
         e
     }
 
-    /// Start (again) on the same port and data dir; etcd's log goes to `etcd.log` in its
-    /// temporary dir, and its tail is shown if etcd exits or never listens.
+    /// Start (again) on the same port and data dir.
     pub fn restart(&mut self) {
+        if let Err(why) = self.spawn() {
+            panic!("{why}");
+        }
+    }
+
+    /// Start etcd and wait until it listens. Its log goes to `etcd.log` in its temporary
+    /// dir; if it exits or never listens, the error holds the log's end.
+    fn spawn(&mut self) -> Result<(), String> {
         let log_path = self.dir.path().join("etcd.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new("etcd")
@@ -73,14 +68,16 @@ impl Etcd {
             let exited = child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() > deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                panic!("etcd did not start on {addr} (exit: {exited:?}); the end of its log:\n{}", tail.join("\n"));
+                return Err(format!("etcd did not start on {addr} (exit: {exited:?}); the end of its log:\n{}", tail.join("\n")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// The etcd process (to stop it with SIGSTOP, say).
