@@ -307,7 +307,10 @@ impl Ipam {
 
     pub fn release(&self, owner: &str) {
         let mut held = self.held.lock().unwrap();
-        held.remove(owner);
+        if let Some(ip) = held.remove(owner) {
+            let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+            return;
+        }
         for (ip, o) in self.on_disk() {
             if o == owner {
                 let _ = std::fs::remove_file(self.dir.join(ip.to_string()));

@@ -321,8 +321,16 @@ where
 
     /// The changed objects, for `Controller::watches_shared_stream`: each change taken
     /// into `index` first, if one is given, so the reconcile it wakes finds it filed.
+    /// The store's objects are filed at once, not as the controller pulls them from the
+    /// stream: its first passes must not read a half-filled index.
     pub fn objects(&self, index: Option<Arc<Index<K>>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        self.subscribe().map(move |c| {
+        let changes = self.subscribe();
+        if let Some(ix) = &index {
+            for obj in self.store.state() {
+                ix.note(&Change::Applied(obj));
+            }
+        }
+        changes.map(move |c| {
             if let Some(ix) = &index {
                 ix.note(&c);
             }

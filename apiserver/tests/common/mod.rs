@@ -32,7 +32,9 @@ impl Etcd {
             (e.url, e.peer_port) = (format!("http://127.0.0.1:{port}"), peer_port);
             match e.spawn() {
                 Ok(()) => break,
-                Err(why) if attempt < 5 => eprintln!("etcd on port {port} exited; trying other ports: {why}"),
+                Err(why) if attempt < 5 && why.contains("(exit: Some(") => {
+                    eprintln!("etcd on port {port} exited; trying other ports: {why}")
+                }
                 Err(why) => panic!("{why}"),
             }
         }
