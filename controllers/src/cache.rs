@@ -21,17 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// A kind's store and the stream of its changed (or deleted) objects. The store fills
-/// only while the stream is polled.
-pub fn informer<K>(api: Api<K>) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff().touched_objects();
-    (store, stream)
-}
-
 /// The object's controller (the owner reference with `controller: true`), if it is of `kind`.
 pub fn controller_ref<K: Resource<DynamicType = ()>>(meta: &ObjectMeta, kind: &str) -> Option<ObjectRef<K>> {
     let owner = pkg::workloads::replicaset::controller_of(meta)?;
@@ -308,12 +297,21 @@ where
 
     /// Every object the store holds now, then each change from here on.
     pub fn subscribe(&self) -> impl Stream<Item = Change<K>> + Send + 'static {
+        self.subscribe_filing(None)
+    }
+
+    /// [`Shared::subscribe`], with the store's objects also filed into `index` at once.
+    fn subscribe_filing(&self, index: Option<&Index<K>>) -> impl Stream<Item = Change<K>> + Send + 'static {
         let (tx, rx) = mpsc::unbounded_channel();
         // Under the lock, so no change falls between the snapshot and the registration
         // (one may come twice, which a level-triggered controller does not mind).
         let mut subs = self.subscribers.lock().unwrap();
         for obj in self.store.state() {
-            let _ = tx.send(Change::Applied(obj));
+            let change = Change::Applied(obj);
+            if let Some(ix) = index {
+                ix.note(&change);
+            }
+            let _ = tx.send(change);
         }
         subs.push(tx);
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
@@ -324,12 +322,7 @@ where
     /// The store's objects are filed at once, not as the controller pulls them from the
     /// stream: its first passes must not read a half-filled index.
     pub fn objects(&self, index: Option<Arc<Index<K>>>) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        let changes = self.subscribe();
-        if let Some(ix) = &index {
-            for obj in self.store.state() {
-                ix.note(&Change::Applied(obj));
-            }
-        }
+        let changes = self.subscribe_filing(index.as_deref());
         changes.map(move |c| {
             if let Some(ix) = &index {
                 ix.note(&c);

@@ -13,7 +13,7 @@
 //!
 //! Upstream: pkg/scheduler/schedule_one.go, pkg/scheduler/internal/cache (assume)
 
-use crate::cache::{informer, Change, Shared};
+use crate::cache::{Change, Shared};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::Store;
@@ -39,7 +39,7 @@ struct Scheduler {
 
 pub async fn run(client: kube::Client, pods: Shared<Pod>) {
     let recorder = events::Recorder::start(client.clone(), "default-scheduler", "");
-    let (nodes, node_changes) = informer(Api::<Node>::all(client.clone()));
+    let nodes = Shared::start(Api::<Node>::all(client.clone()));
     let wake = Arc::new(Notify::new());
     // A pass is worth running when a pod waits for a node, or a pod or node change may
     // have made room: not for the status updates of pods already bound, which are most
@@ -49,7 +49,7 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
         Change::Applied(p) => p.node_name().is_none() || p.is_terminal() || p.is_deleting(),
     };
     let pod_wakes = pods.subscribe().filter(move |c| futures::future::ready(worth_a_pass(c))).map(|_| ());
-    let node_wakes = node_changes.filter_map(|c| futures::future::ready(c.ok().map(|_| ())));
+    let node_wakes = nodes.subscribe().map(|_| ());
     for changes in [pod_wakes.boxed(), node_wakes.boxed()] {
         let wake = wake.clone();
         tokio::spawn(changes.for_each(move |_| {
@@ -58,8 +58,8 @@ pub async fn run(client: kube::Client, pods: Shared<Pod>) {
         }));
     }
     pods.ready().await;
-    let pods = pods.store();
-    let _ = nodes.wait_until_ready().await;
+    nodes.ready().await;
+    let (pods, nodes) = (pods.store(), nodes.store());
     let mut s = Scheduler { client, pods, nodes, recorder, assumed: HashMap::new() };
     loop {
         s.pass().await;

@@ -12,6 +12,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Why [`Etcd::spawn`] gave up: etcd exited (`exited`), or never listened.
+struct NotStarted {
+    exited: bool,
+    why: String,
+}
+
 /// A throwaway etcd; killed (and its data removed) on drop.
 pub struct Etcd {
     pub url: String,
@@ -32,10 +38,8 @@ impl Etcd {
             (e.url, e.peer_port) = (format!("http://127.0.0.1:{port}"), peer_port);
             match e.spawn() {
                 Ok(()) => break,
-                Err(why) if attempt < 5 && why.contains("(exit: Some(") => {
-                    eprintln!("etcd on port {port} exited; trying other ports: {why}")
-                }
-                Err(why) => panic!("{why}"),
+                Err(NotStarted { exited: true, why }) if attempt < 5 => eprintln!("etcd on port {port} exited; trying other ports: {why}"),
+                Err(NotStarted { why, .. }) => panic!("{why}"),
             }
         }
         e
@@ -43,14 +47,14 @@ impl Etcd {
 
     /// Start (again) on the same port and data dir.
     pub fn restart(&mut self) {
-        if let Err(why) = self.spawn() {
+        if let Err(NotStarted { why, .. }) = self.spawn() {
             panic!("{why}");
         }
     }
 
     /// Start etcd and wait until it listens. Its log goes to `etcd.log` in its temporary
     /// dir; if it exits or never listens, the error holds the log's end.
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), NotStarted> {
         let log_path = self.dir.path().join("etcd.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new("etcd")
@@ -74,7 +78,8 @@ impl Etcd {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                return Err(format!("etcd did not start on {addr} (exit: {exited:?}); the end of its log:\n{}", tail.join("\n")));
+                let why = format!("etcd did not start on {addr} (exit: {exited:?}); the end of its log:\n{}", tail.join("\n"));
+                return Err(NotStarted { exited: exited.is_some(), why });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
