@@ -131,7 +131,8 @@ def start_cluster():
 
 # ---- samplers ----------------------------------------------------------------------------
 TICK = os.sysconf("SC_CLK_TCK")
-usage = {name: [] for name in ["etcd", "apiserver", "controller-manager", "hollow-nodes"]}
+# "bench" is this script itself: its pod watch decodes every pod event, on the same 2 cores.
+usage = {name: [] for name in ["etcd", "apiserver", "controller-manager", "hollow-nodes", "bench"]}
 
 
 def sample_processes(stop):
@@ -139,13 +140,14 @@ def sample_processes(stop):
     while not stop.is_set():
         now = time.time()
         for name in usage:
-            if name not in procs:
+            pid = os.getpid() if name == "bench" else procs[name].pid if name in procs else None
+            if pid is None:
                 continue
             try:
-                with open(f"/proc/{procs[name].pid}/stat") as f:
+                with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 cpu = (int(fields[11]) + int(fields[12])) / TICK
-                with open(f"/proc/{procs[name].pid}/status") as f:
+                with open(f"/proc/{pid}/status") as f:
                     rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
             except (OSError, StopIteration):
                 continue
@@ -200,6 +202,10 @@ def watch_pods():
                 rec["scheduled"] = at
             if "running" not in rec and running(p):
                 rec["running"] = at
+                # When the kubelet says it started the containers (its clock, whole seconds).
+                starts = [c["state"]["running"].get("startedAt") for c in p["status"]["containerStatuses"]]
+                if all(starts):
+                    rec["started"] = max(datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in starts)
 
 
 lags = []
@@ -336,7 +342,7 @@ def svg(path, result):
         out.append(f'<text x="{x(t)-10:.0f}" y="{h-bottom+15}">{t:.0f}</text>')
     series = [("pods seen", [(t, c) for t, c, _ in progress], "#888", y),
               ("pods running", [(t, r) for t, _, r in progress], "#1a7f37", y)]
-    colors = {"etcd": "#cf222e", "apiserver": "#0969da", "controller-manager": "#8250df", "hollow-nodes": "#bf8700"}
+    colors = {"etcd": "#cf222e", "apiserver": "#0969da", "controller-manager": "#8250df", "hollow-nodes": "#bf8700", "bench": "#57606a"}
     for name, u in usage.items():
         series.append((f"{name} CPU (cores)", [(t, c) for t, c, _ in u], colors[name], yc))
     for i, (label, pts, color, scale) in enumerate(series):
@@ -386,6 +392,11 @@ def main():
         # (bound -> running), to tell which one a missed SLO is waiting on.
         to_bound = [r["scheduled"] - r["seen"] for r in pods.values() if "running" in r and "scheduled" in r]
         to_running = [r["running"] - r["scheduled"] for r in pods.values() if "running" in r and "scheduled" in r]
+        # The kubelet's half split again at its own startedAt (whole seconds, rounded down, so
+        # the first part reads up to 1 s short and the second up to 1 s long): the pod
+        # worker's start, then its status write and the watch bringing it here.
+        to_started = [r["started"] - r["scheduled"] for r in pods.values() if "started" in r and "scheduled" in r]
+        to_seen = [r["running"] - r["started"] for r in pods.values() if "started" in r]
     rows = api_latency(before, after)
     result = {
         "nodes": args.nodes, "pods": TOTAL, "namespaces": len(NAMESPACES), "pods_running": len(startup), "rate_pods_per_s": args.rate,
@@ -395,6 +406,10 @@ def main():
         "pod_startup_seen_to_bound": {"p50_ms": pct(to_bound, .5) * 1000, "p90_ms": pct(to_bound, .9) * 1000, "p99_ms": pct(to_bound, .99) * 1000},
         "pod_startup_bound_to_running": {"p50_ms": pct(to_running, .5) * 1000, "p90_ms": pct(to_running, .9) * 1000,
                                          "p99_ms": pct(to_running, .99) * 1000},
+        "pod_startup_bound_to_started": {"p50_ms": pct(to_started, .5) * 1000, "p90_ms": pct(to_started, .9) * 1000,
+                                         "p99_ms": pct(to_started, .99) * 1000},
+        "pod_startup_started_to_seen_running": {"p50_ms": pct(to_seen, .5) * 1000, "p90_ms": pct(to_seen, .9) * 1000,
+                                                "p99_ms": pct(to_seen, .99) * 1000},
         "pod_startup_from_creation_timestamp": {"p50_ms": pct(from_created, .5) * 1000, "p99_ms": pct(from_created, .99) * 1000},
         "watch_lag": {"samples": len(lags), "p50_ms": pct([l for _, l in lags], .5) * 1000,
                       "p99_ms": pct([l for _, l in lags], .99) * 1000, "max_ms": max([l for _, l in lags] + [0]) * 1000},
@@ -407,7 +422,9 @@ def main():
     ps = result["pod_startup"]
     print(f"| pod startup (watch: seen -> running) | {ps['p50_ms']:.0f} ms | {ps['p90_ms']:.0f} ms | {ps['p99_ms']:.0f} ms | "
           f"p99 <= 5 s: {'met' if ps['p99_ms'] <= 5000 else 'MISSED'} |")
-    for label, key in (("scheduler: seen -> bound", "pod_startup_seen_to_bound"), ("kubelet: bound -> running", "pod_startup_bound_to_running")):
+    for label, key in (("scheduler: seen -> bound", "pod_startup_seen_to_bound"), ("kubelet: bound -> running", "pod_startup_bound_to_running"),
+                       ("kubelet: bound -> startedAt (whole s: reads up to 1 s short)", "pod_startup_bound_to_started"),
+                       ("status write + watch: startedAt -> seen (up to 1 s long)", "pod_startup_started_to_seen_running")):
         st = result[key]
         print(f"| &nbsp; of which {label} | {st['p50_ms']:.0f} ms | {st['p90_ms']:.0f} ms | {st['p99_ms']:.0f} ms | |")
     pc = result["pod_startup_from_creation_timestamp"]

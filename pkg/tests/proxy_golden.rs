@@ -50,7 +50,7 @@ fn check(name: &str, got: &str) {
     assert_eq!(got, want, "{name} differs from the golden file; UPDATE_GOLDEN=1 rewrites it");
 }
 
-fn ports(services: &[Service], endpoints: &[Endpoints]) -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
+fn ports(services: &[Service], endpoints: &[Endpoints]) -> pkg::proxy::Ports {
     service_ports(services, &backends_from_endpoints(endpoints), "node-a")
 }
 
@@ -148,7 +148,7 @@ fn nftables_syncs_match_golden() {
 /// (NodePort, `externalTrafficPolicy: Local`, one endpoint here and one on node-b),
 /// `far` (the same with no endpoint here), `near` (`internalTrafficPolicy: Local`, one
 /// endpoint here) and `nowhere` (`internalTrafficPolicy: Local`, none here).
-fn policy_fixture() -> BTreeMap<(String, String), pkg::proxy::ServicePort> {
+fn policy_fixture() -> pkg::proxy::Ports {
     let svc_with = |name: &str, ip: &str, spec: serde_json::Value| {
         let mut s = json!({"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]});
         s.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());

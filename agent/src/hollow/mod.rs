@@ -2,8 +2,9 @@
 //! Each has the real kubelet (registration, its Lease every 10 s, NodeStatus, a pod
 //! watch of its own, a worker per pod, status writes and events) and the real proxy (its
 //! Service and EndpointSlice informers, rendering every sync; `--hollow-proxies K` for
-//! only the first K nodes), each over HTTP with a client of its own, as N machines would. Only what touches the machine is fake: the
-//! container runtime ([`runtime::FakeRuntime`]: a task runs until it is killed), the pod
+//! only the first K nodes, all on one thread of their own, as kube-proxy is a process of
+//! its own), each over HTTP with a client of its own, as N machines would. Only what
+//! touches the machine is fake: the container runtime ([`runtime::FakeRuntime`]: a task runs until it is killed), the pod
 //! network ([`network::FakeNetwork`]: an address from the node's CIDR and nothing else),
 //! and the proxy's rule loader ([`crate::proxy::iptables::Runner::hollow`]). So hundreds of
 //! nodes fit on one laptop, and the apiserver, etcd, the scheduler and the controllers are
@@ -49,9 +50,20 @@ pub fn node(prefix: &str, i: usize) -> (String, Ipv4Addr) {
     (format!("{prefix}{i:04}"), Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 1 + i as u32))
 }
 
+/// The thread the proxies run on. On a real node kube-proxy is a process of its own; here a
+/// proxy's sync (milliseconds of CPU at 1,500 services, once a second during a rollout)
+/// would hold up the kubelets' tasks on the runtime they share. On a thread of their own,
+/// the kernel shares the CPU between the two as it would between two processes.
+fn proxy_thread() -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new().name("hollow-proxies".into()).spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
 /// Start one hollow node: its kubelet registered (so it has a pod CIDR), then its
-/// kubelet and proxy loops on tasks of their own.
-async fn start_one(h: &Hollow, i: usize) -> anyhow::Result<()> {
+/// kubelet loops on tasks of their own, and its proxy on the proxies' thread.
+async fn start_one(h: &Hollow, i: usize, proxies: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let (name, ip) = node(&h.prefix, i);
     let dir = h.state_root.join(&name);
     let cfg = kubelet::Config {
@@ -77,7 +89,7 @@ async fn start_one(h: &Hollow, i: usize) -> anyhow::Result<()> {
     let proxier = Proxier::with_mode(Runner::hollow(), &h.cluster_cidr, h.proxy_mode).on_node(&name);
     let reporting = proxy::Reporting::hollow(client, &name);
     let timing = proxy::Timing { resync: h.proxy_resync, min_sync: h.proxy_min_sync };
-    tokio::spawn(proxy::run(Client::new(&h.apiserver), proxier, timing, reporting));
+    proxies.spawn(proxy::run(Client::new(&h.apiserver), proxier, timing, reporting));
     Ok(())
 }
 
@@ -85,9 +97,10 @@ async fn start_one(h: &Hollow, i: usize) -> anyhow::Result<()> {
 pub async fn run(h: Hollow) -> anyhow::Result<()> {
     use futures::StreamExt;
     let started = std::time::Instant::now();
+    let proxies = proxy_thread()?;
     let all = futures::stream::iter(h.first..h.first + h.count).map(|i| {
-        let h = h.clone();
-        async move { (i, start_one(&h, i).await) }
+        let (h, proxies) = (h.clone(), proxies.clone());
+        async move { (i, start_one(&h, i, &proxies).await) }
     });
     let mut all = std::pin::pin!(all.buffer_unordered(16));
     let mut up = 0;

@@ -9,6 +9,11 @@
 //! from `iptables-save`); in between, a *partial* sync rewrites only the chains of the
 //! services that changed. Rules not named KUBE-* are never touched, and the rules stay
 //! in the kernel while the agent is down.
+//!
+//! Between syncs, what the informers say goes into a [`Cache`], which remembers which
+//! services changed: a sync makes the ports of those again and shares the rest with the
+//! last sync (kube-proxy's change trackers), so a sync during a rollout of one Deployment
+//! costs that Deployment's services, not the cluster's.
 
 pub mod explain;
 pub mod healthcheck;
@@ -16,13 +21,14 @@ pub mod history;
 pub mod iptables;
 pub mod nftables;
 
-use crate::client::{ns_name, Change, Client};
+use crate::client::{Change, Client};
 use iptables::Runner;
 use pkg::api::{EndpointSlice, Service};
+use pkg::proxy::cache::{key_of, Cache, Changed};
 use pkg::proxy::nftables as nft;
-use pkg::proxy::{backends_from_slices, health_checks, jumps, service_ports, unsupported, Backend, Planner, ServicePort};
+use pkg::proxy::{health_checks, jumps, service_ports, unsupported, Backend, Planner, Ports};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -85,7 +91,7 @@ pub struct Proxier {
     engine: Engine,
     /// This node's name: which endpoints are local, for the `Local` traffic policies.
     node_name: String,
-    last_ports: BTreeMap<(String, String), ServicePort>,
+    last_ports: Ports,
     need_full: bool,
     /// Whether the other mode's rules (left by an earlier run in that mode) are gone.
     other_mode_removed: bool,
@@ -112,7 +118,7 @@ impl Proxier {
             cluster_cidr: cluster_cidr.to_string(),
             engine,
             node_name: String::new(),
-            last_ports: BTreeMap::new(),
+            last_ports: Ports::new(),
             need_full: true,
             other_mode_removed: false,
             stats: Arc::new(Mutex::new(Stats { mode, ..Default::default() })),
@@ -128,8 +134,13 @@ impl Proxier {
     }
 
     /// The service ports the last successful sync programmed.
-    pub fn ports(&self) -> &BTreeMap<(String, String), ServicePort> {
+    pub fn ports(&self) -> &Ports {
         &self.last_ports
+    }
+
+    /// The node this proxier runs on.
+    pub fn node(&self) -> &str {
+        &self.node_name
     }
 
     /// Host settings kube-proxy needs: forwarding, and NodePorts on 127.0.0.1.
@@ -153,9 +164,13 @@ impl Proxier {
 
     /// Converge the kernel's rules to these services and endpoints.
     pub async fn sync(&mut self, services: &[&Service], backends: &BTreeMap<String, Vec<Backend>>) -> anyhow::Result<()> {
+        self.sync_ports(service_ports(services.iter().copied(), backends, &self.node_name)).await
+    }
+
+    /// Converge the kernel's rules to these service ports (what [`Cache::ports`] made).
+    pub async fn sync_ports(&mut self, ports: Ports) -> anyhow::Result<()> {
         let (start, time) = (Instant::now(), jiff::Timestamp::now().to_string());
         let full = self.need_full;
-        let ports = service_ports(services.iter().copied(), backends, &self.node_name);
         let lines = match self.engine {
             Engine::Iptables(_) => pkg::proxy::history::Lines::Iptables,
             Engine::Nftables(_) => pkg::proxy::history::Lines::Nftables,
@@ -208,7 +223,7 @@ impl Proxier {
         matches!(&self.engine, Engine::Nftables(p) if p.pending())
     }
 
-    async fn try_sync(&mut self, ports: BTreeMap<(String, String), ServicePort>, full: bool) -> anyhow::Result<()> {
+    async fn try_sync(&mut self, ports: Ports, full: bool) -> anyhow::Result<()> {
         if !self.other_mode_removed {
             self.remove_other_mode().await;
         }
@@ -250,7 +265,7 @@ impl Proxier {
 
     /// UDP has no connection to close: conntrack keeps sending a flow to the endpoint it
     /// first picked. When an endpoint goes, delete its flows so clients move on.
-    async fn clear_udp_conntrack(&self, ports: &BTreeMap<(String, String), ServicePort>) {
+    async fn clear_udp_conntrack(&self, ports: &Ports) {
         for (key, old) in self.last_ports.iter().filter(|(_, p)| p.protocol == "udp") {
             let still: Vec<&String> = ports.get(key).map(|p| p.endpoints.iter().map(|(ip, _)| ip).collect()).unwrap_or_default();
             for (ip, _) in old.endpoints.iter().filter(|(ip, _)| !still.contains(&ip)) {
@@ -266,13 +281,7 @@ impl Proxier {
 }
 
 /// iptables mode: the jumps ensured (full syncs), then one `iptables-restore --noflush`.
-async fn sync_iptables(
-    runner: &Runner,
-    cidr: &str,
-    planner: &mut Planner,
-    ports: &BTreeMap<(String, String), ServicePort>,
-    full: bool,
-) -> anyhow::Result<Synced> {
+async fn sync_iptables(runner: &Runner, cidr: &str, planner: &mut Planner, ports: &Ports, full: bool) -> anyhow::Result<Synced> {
     let mut existing = vec![];
     if full {
         // Every chain a service chain may jump to exists before the first restore.
@@ -289,7 +298,7 @@ async fn sync_iptables(
         }
         existing = iptables::chains(&runner.save("nat").await?);
     }
-    let plan = planner.plan(cidr, ports, full, &existing);
+    let mut plan = planner.plan(cidr, ports, full, &existing);
     let t = Instant::now();
     for tx in &plan.transactions {
         runner.restore(tx).await?;
@@ -299,20 +308,14 @@ async fn sync_iptables(
         rules: plan.ruleset.rules,
         written: plan.written,
         deleted: plan.deleted.len(),
-        text: plan.ruleset.text.clone(),
+        text: std::mem::take(&mut plan.ruleset.text),
     };
     planner.applied(plan);
     Ok(out)
 }
 
 /// nftables mode: each transaction of the plan through `nft -f -`, in order.
-async fn sync_nftables(
-    runner: &Runner,
-    cidr: &str,
-    planner: &mut nft::Planner,
-    ports: &BTreeMap<(String, String), ServicePort>,
-    full: bool,
-) -> anyhow::Result<Synced> {
+async fn sync_nftables(runner: &Runner, cidr: &str, planner: &mut nft::Planner, ports: &Ports, full: bool) -> anyhow::Result<Synced> {
     let mut existing = vec![];
     if full {
         existing = runner.nft_objects().await;
@@ -361,10 +364,12 @@ impl Reporting {
         Reporting { health: healthcheck::HealthServers::hollow(), ..Self::with_events(client, node) }
     }
 
-    /// After a sync: report ports left out (SCTP) and converge the health-check servers.
-    async fn after_sync(&mut self, services: &[&Service], ports: &BTreeMap<(String, String), ServicePort>) {
+    /// After a sync: report ports left out (SCTP) of the services that changed, and
+    /// converge the health-check servers.
+    async fn after_sync(&mut self, cache: &Cache, changed: &Changed, ports: &Ports) {
+        let services = cache.services_in(changed);
         for (key, msg) in unsupported(services.iter().copied()) {
-            let Some(svc) = services.iter().find(|s| ns_name(**s) == key) else { continue };
+            let Some(svc) = services.iter().find(|s| key_of(**s) == key) else { continue };
             let uid = svc.metadata.uid.clone().unwrap_or_default();
             if self.reported.insert((uid, msg.clone())) {
                 tracing::warn!(service = %key, "{msg}");
@@ -373,7 +378,7 @@ impl Reporting {
                 }
             }
         }
-        self.health.sync(&health_checks(ports, services)).await; // failures are logged, retried next sync
+        self.health.sync(&health_checks(ports, cache.services())).await; // failures are logged, retried next sync
     }
 }
 
@@ -395,11 +400,11 @@ impl Timing {
     }
 }
 
-/// The proxy's caches of what its informers said, and whether both lists have arrived.
+/// What the informers said ([`Cache`]: which services changed since the last sync), and
+/// whether both lists have arrived.
 #[derive(Default)]
 struct Seen {
-    services: HashMap<String, Service>,
-    slices: HashMap<String, EndpointSlice>,
+    cache: Cache,
     have_svcs: bool,
     have_eps: bool,
 }
@@ -407,16 +412,25 @@ struct Seen {
 impl Seen {
     /// Apply one informer message, noting it for the next sync's history record.
     fn apply(&mut self, m: Msg, proxier: &mut Proxier) {
+        let cache = &mut self.cache;
         match m {
             Msg::Svc(c) => {
                 self.have_svcs |= matches!(c, Change::Synced(_));
-                proxier.note(describe("Service", &c, &self.services));
-                c.apply_to(&mut self.services, ns_name)
+                proxier.note(describe("Service", &c, |k| cache.has_service(k)));
+                match c {
+                    Change::Synced(items) => cache.list_services(items),
+                    Change::Upsert(o) => cache.apply_service(o),
+                    Change::Deleted(o) => cache.delete_service(&key_of(&o)),
+                }
             }
             Msg::Slice(c) => {
                 self.have_eps |= matches!(c, Change::Synced(_));
-                proxier.note(describe("EndpointSlice", &c, &self.slices));
-                c.apply_to(&mut self.slices, ns_name)
+                proxier.note(describe("EndpointSlice", &c, |k| cache.has_slice(k)));
+                match c {
+                    Change::Synced(items) => cache.list_slices(items),
+                    Change::Upsert(o) => cache.apply_slice(o),
+                    Change::Deleted(o) => cache.delete_slice(&key_of(&o)),
+                }
             }
         }
     }
@@ -462,27 +476,31 @@ pub async fn run(client: Client, mut proxier: Proxier, timing: Timing, mut repor
             continue;
         }
         last_sync = Some(Instant::now());
-        let svcs: Vec<&Service> = seen.services.values().collect();
-        let backends = backends_from_slices(seen.slices.values());
-        match proxier.sync(&svcs, &backends).await {
+        // Only the services that changed get their ports made again.
+        let (ports, changed) = seen.cache.ports(proxier.ports(), proxier.node());
+        match proxier.sync_ports(ports).await {
             // Stale nftables chains are deleted by the next sync: make it come (after 1 s).
             Ok(()) => {
                 dirty = proxier.pending();
-                reporting.after_sync(&svcs, proxier.ports()).await;
+                reporting.after_sync(&seen.cache, &changed, proxier.ports()).await;
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync"),
+            Err(e) => {
+                // What this sync was planned from never reached the kernel.
+                seen.cache.mark_all();
+                tracing::error!(error = %format!("{e:#}"), "proxy sync failed; retrying with a full sync")
+            }
         }
     }
 }
 
 /// One line for the history: what a watch event did to the proxy's cache
 /// ("EndpointSlice default/web-x1 modified (resourceVersion 812)").
-fn describe<T: pkg::api::Object>(kind: &str, change: &Change<T>, cache: &HashMap<String, T>) -> String {
+fn describe<T: pkg::api::Object>(kind: &str, change: &Change<T>, known: impl Fn(&str) -> bool) -> String {
     let rv = |o: &T| o.meta().resource_version.as_ref().map(|v| format!(" (resourceVersion {v})")).unwrap_or_default();
     match change {
         Change::Synced(items) => format!("{kind} list: {} object(s)", items.len()),
-        Change::Upsert(o) if cache.contains_key(&ns_name(o)) => format!("{kind} {} modified{}", ns_name(o), rv(o)),
-        Change::Upsert(o) => format!("{kind} {} added{}", ns_name(o), rv(o)),
-        Change::Deleted(o) => format!("{kind} {} deleted", ns_name(o)),
+        Change::Upsert(o) if known(&key_of(o)) => format!("{kind} {} modified{}", key_of(o), rv(o)),
+        Change::Upsert(o) => format!("{kind} {} added{}", key_of(o), rv(o)),
+        Change::Deleted(o) => format!("{kind} {} deleted", key_of(o)),
     }
 }

@@ -14,8 +14,8 @@
 //! Upstream: none — kube-proxy logs sync durations (`--v=2`) but keeps no history; the
 //! closest it has is the `sync_proxy_rules_*` metrics in pkg/proxy/metrics.
 
-use super::{iptables, nftables, ServicePort};
-use std::collections::{BTreeMap, BTreeSet};
+use super::{iptables, nftables, Ports, ServicePort};
+use std::collections::BTreeSet;
 
 /// Rule lines added and removed between two syncs, each list sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,8 +50,6 @@ impl Lines {
         }
     }
 }
-
-type Ports = BTreeMap<(String, String), ServicePort>;
 
 /// The keys of ports added, removed or changed between `old` and `new`.
 fn differing<'a>(old: &'a Ports, new: &'a Ports) -> BTreeSet<&'a (String, String)> {
@@ -134,7 +132,7 @@ mod tests {
     }
 
     fn ports(list: Vec<ServicePort>) -> Ports {
-        list.into_iter().map(|sp| ((sp.name.clone(), sp.protocol.clone()), sp)).collect()
+        list.into_iter().map(|sp| ((sp.name.clone(), sp.protocol.clone()), std::sync::Arc::new(sp))).collect()
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //!
 //! Upstream: pkg/proxy/iptables/proxier.go
 
-use super::{hash16, ServicePort};
+use super::{hash16, Ports, ServicePort};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
@@ -268,7 +268,7 @@ pub struct Planner {
     /// service port that has not changed since keeps its chains without being rendered
     /// again, as kube-proxy re-renders only the services it was told changed. Rendering
     /// every one at every sync was most of a hollow proxy's time at 1,500 services.
-    rendered_from: (String, BTreeMap<(String, String), ServicePort>),
+    rendered_from: (String, Ports),
     chunk: Option<usize>,
 }
 
@@ -284,7 +284,7 @@ pub struct Plan {
     /// Chains removed.
     pub deleted: Vec<String>,
     next: BTreeMap<(String, String), Arc<ServiceChains>>,
-    next_from: (String, BTreeMap<(String, String), ServicePort>),
+    next_from: (String, Ports),
 }
 
 /// One restore that writes only the chains of `ports` (declared, so emptied, then filled).
@@ -314,14 +314,9 @@ impl Planner {
     /// partial one writes only the service ports whose chains differ from the last sync.
     /// More than [`CHUNK`] service ports to write: their chains go first, [`CHUNK`] per
     /// restore, then one restore with the dispatch chains.
-    pub fn plan(&self, cluster_cidr: &str, ports: &BTreeMap<(String, String), ServicePort>, full: bool, existing: &[String]) -> Plan {
+    pub fn plan(&self, cluster_cidr: &str, ports: &Ports, full: bool, existing: &[String]) -> Plan {
         let next: BTreeMap<_, _> = ports.iter().map(|(k, sp)| (k.clone(), self.render(k, sp, cluster_cidr))).collect();
-        let wanted: std::collections::HashSet<&String> = next.values().flat_map(|c| &c.chains).collect();
-        let mut deleted: Vec<String> = self.applied.values().flat_map(|c| &c.chains).filter(|c| !wanted.contains(c)).cloned().collect();
-        if full {
-            let ours = |c: &str| ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-SEP-"].iter().any(|p| c.starts_with(p));
-            deleted.extend(existing.iter().filter(|c| ours(c) && !wanted.contains(c)).cloned());
-        }
+        let mut deleted = if full { self.stale_all(&next, existing) } else { self.stale_changed(&next) };
         deleted.sort();
         deleted.dedup();
         let write = |k: &(String, String)| full || self.applied.get(k) != next.get(k);
@@ -345,11 +340,31 @@ impl Planner {
         Plan { ruleset, transactions, written, deleted, next, next_from: (cluster_cidr.to_string(), ports.clone()) }
     }
 
+    /// A full sync's stale chains: every chain of ours, applied or found in the kernel
+    /// (`existing`), that `next` does not want.
+    fn stale_all(&self, next: &BTreeMap<(String, String), Arc<ServiceChains>>, existing: &[String]) -> Vec<String> {
+        let wanted: std::collections::HashSet<&String> = next.values().flat_map(|c| &c.chains).collect();
+        let ours = |c: &&String| ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-SEP-"].iter().any(|p| c.starts_with(p));
+        let applied = self.applied.values().flat_map(|c| &c.chains);
+        applied.chain(existing.iter().filter(ours)).filter(|c| !wanted.contains(c)).cloned().collect()
+    }
+
+    /// A partial sync's stale chains. A chain's name holds its service port's, so only a
+    /// port rendered anew, or gone, can leave one behind: the others are not looked at.
+    fn stale_changed(&self, next: &BTreeMap<(String, String), Arc<ServiceChains>>) -> Vec<String> {
+        let changed = self.applied.iter().filter(|(k, old)| !next.get(*k).is_some_and(|new| Arc::ptr_eq(old, new)));
+        let stale = changed.flat_map(|(k, old)| {
+            let new = next.get(k);
+            old.chains.iter().filter(move |c| !new.is_some_and(|n| n.chains.contains(c)))
+        });
+        stale.cloned().collect()
+    }
+
     /// A service port's chains: those last applied if it has not changed since, else
     /// rendered anew.
     /// Shared, not copied: comparing a reused entry with the applied one is then a
     /// pointer comparison.
-    fn render(&self, key: &(String, String), sp: &ServicePort, cluster_cidr: &str) -> Arc<ServiceChains> {
+    fn render(&self, key: &(String, String), sp: &Arc<ServicePort>, cluster_cidr: &str) -> Arc<ServiceChains> {
         let (cidr, from) = &self.rendered_from;
         match self.applied.get(key) {
             Some(chains) if cidr == cluster_cidr && from.get(key) == Some(sp) => chains.clone(),
@@ -461,7 +476,7 @@ mod tests {
 
     #[test]
     fn many_written_ports_are_chunked_with_the_dispatch_last() {
-        let ports: BTreeMap<(String, String), ServicePort> = (0..5)
+        let ports: Ports = (0..5)
             .map(|i| ServicePort {
                 name: format!("default/s{i}:80"),
                 protocol: "tcp".into(),
@@ -470,7 +485,7 @@ mod tests {
                 endpoints: vec![(format!("10.244.0.{}", i + 1), 8080)],
                 ..Default::default()
             })
-            .map(|p| ((p.name.clone(), p.protocol.clone()), p))
+            .map(|p| ((p.name.clone(), p.protocol.clone()), Arc::new(p)))
             .collect();
         let plan = Planner::with_chunk(2).plan("10.244.0.0/16", &ports, true, &[]);
         assert_eq!(plan.transactions.len(), 4, "chunks of 2, 2, 1 service ports, then the dispatch");

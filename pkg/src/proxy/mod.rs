@@ -24,11 +24,14 @@
 //!   dynamic sets with timeouts).
 //! - SCTP ports are refused ([`unsupported`]): no rules, and the agent says why in an event.
 //!
-//! [`history`] says what a sync changed (in words, and as rule lines added and removed).
+//! [`history`] says what a sync changed (in words, and as rule lines added and removed);
+//! [`cache`] keeps the proxy's Services and EndpointSlices and tells which services changed,
+//! so a sync rebuilds only their ports.
 //!
 //! Upstream: pkg/proxy (endpointslicecache.go, topology.go), pkg/proxy/iptables,
 //! pkg/proxy/nftables
 
+pub mod cache;
 pub mod history;
 pub mod iptables;
 pub mod nftables;
@@ -42,7 +45,8 @@ pub const NEXT_TRANSACTION: &str = "# --- next transaction ---\n";
 use crate::api::{protocol as proto_of, EndpointSlice, Endpoints, Object, Service, ServiceExt};
 use crate::endpointslice::SERVICE_NAME_LABEL;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// `internalTrafficPolicy` / `externalTrafficPolicy`: which endpoints a kind of traffic may reach.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -87,6 +91,12 @@ pub struct ServicePort {
     /// `sessionAffinity: ClientIP`: seconds a client stays on its endpoint after its last packet.
     pub affinity_secs: Option<u32>,
 }
+
+/// Every service port, keyed by `(namespace/name:port, protocol)`. Each is shared (`Arc`):
+/// a sync that changes one service of 5,000 copies pointers for the others, and comparing
+/// an unchanged port with the last sync's is a pointer comparison (`Arc`'s `==` on an
+/// `Eq` type looks at the pointers first).
+pub type Ports = BTreeMap<(String, String), Arc<ServicePort>>;
 
 /// `base32(sha256(s))[..16]`, the hash kube-proxy puts in chain names.
 pub(crate) fn hash16(s: &str) -> String {
@@ -253,11 +263,7 @@ fn proxied<'a>(services: impl IntoIterator<Item = &'a Service>) -> impl Iterator
 /// Each service port takes the backends whose port has its name (unnamed: `""`) and
 /// protocol; `node` (this node's name) decides which endpoints are local. SCTP ports are
 /// left out ([`unsupported`]).
-pub fn service_ports<'a>(
-    services: impl IntoIterator<Item = &'a Service>,
-    backends: &BTreeMap<String, Vec<Backend>>,
-    node: &str,
-) -> BTreeMap<(String, String), ServicePort> {
+pub fn service_ports<'a>(services: impl IntoIterator<Item = &'a Service>, backends: &BTreeMap<String, Vec<Backend>>, node: &str) -> Ports {
     let mut out = BTreeMap::new();
     for (key, svc, cluster_ip) in proxied(services) {
         let (internal_policy, external_policy, affinity_secs) = policies(svc);
@@ -287,9 +293,26 @@ pub fn service_ports<'a>(
                 let local: Vec<&Backend> = mine.iter().copied().filter(|b| b.node_name.as_deref() == Some(node)).collect();
                 port.local_endpoints = pick(&local);
             }
-            out.insert((port.name.clone(), port.protocol.clone()), port);
+            out.insert((port.name.clone(), port.protocol.clone()), Arc::new(port));
         }
     }
+    out
+}
+
+/// The service ports after the services in `changed` (`namespace/name`) changed: every
+/// other service's ports as in `old` (shared, not copied), those of `changed` made again
+/// from `services` (the ones of them that still exist) and `backends`. Equal to
+/// [`service_ports`] over everything when `old` was, and costs what changed.
+pub fn update_ports<'a>(
+    old: &Ports,
+    changed: &BTreeSet<String>,
+    services: impl IntoIterator<Item = &'a Service>,
+    backends: &BTreeMap<String, Vec<Backend>>,
+    node: &str,
+) -> Ports {
+    let kept = old.iter().filter(|(_, sp)| !changed.contains(sp.service()));
+    let mut out: Ports = kept.map(|(k, sp)| (k.clone(), sp.clone())).collect();
+    out.extend(service_ports(services, backends, node));
     out
 }
 
@@ -319,10 +342,11 @@ pub struct HealthCheck {
 /// The `healthCheckNodePort`s this node must answer (LoadBalancer services with
 /// `externalTrafficPolicy: Local`): 200 while the service has endpoints here, 503 when it
 /// has none, so a load balancer sends only to nodes that can serve without a second hop.
-pub fn health_checks(ports: &BTreeMap<(String, String), ServicePort>, services: &[&Service]) -> BTreeMap<u16, HealthCheck> {
+pub fn health_checks<'a>(ports: &Ports, services: impl IntoIterator<Item = &'a Service>) -> BTreeMap<u16, HealthCheck> {
+    let hc_of = |svc: &Service| svc.spec.as_ref().and_then(|s| s.health_check_node_port).and_then(|p| u16::try_from(p).ok());
     let mut out = BTreeMap::new();
-    for (key, svc, _) in proxied(services.iter().copied()) {
-        let Some(hc) = svc.spec.as_ref().and_then(|s| s.health_check_node_port).and_then(|p| u16::try_from(p).ok()) else { continue };
+    for (key, svc, _) in proxied(services.into_iter().filter(|s| hc_of(s).is_some())) {
+        let Some(hc) = hc_of(svc) else { continue };
         let mut local: Vec<&(String, u16)> = ports.values().filter(|p| p.service() == key).flat_map(|p| &p.local_endpoints).collect();
         local.sort();
         local.dedup_by_key(|e| &e.0);
@@ -348,7 +372,8 @@ mod tests {
         let svc: Service = serde_json::from_value(serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.5", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
         .unwrap();
-        let ips = |s: &EndpointSlice| service_ports([&svc], &backends_from_slices([s]), "node1").into_values().next().unwrap().endpoints;
+        let ips =
+            |s: &EndpointSlice| service_ports([&svc], &backends_from_slices([s]), "node1").into_values().next().unwrap().endpoints.clone();
         // A rollout: one new pod ready, one old pod draining: only the ready one.
         let s = slice(serde_json::json!([ep("10.244.0.2", true, true, false), ep("10.244.0.3", false, true, true)]));
         assert_eq!(ips(&s), [("10.244.0.2".to_string(), 8080)]);

@@ -43,7 +43,7 @@
 //!
 //! Upstream: pkg/proxy/nftables/proxier.go
 
-use super::{hash16, ServicePort};
+use super::{hash16, Ports, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -383,7 +383,7 @@ pub struct Plan {
     /// Chains flushed now (deleted by the next sync) and chains deleted now.
     pub flushed: Vec<String>,
     pub deleted: Vec<String>,
-    next: BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
+    next: BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>,
     hairpin: Hairpin,
 }
 
@@ -401,7 +401,7 @@ enum Hairpin {
 /// costs what the changed ports cost, not what all of them do.
 #[derive(Debug, Default)]
 pub struct Planner {
-    applied: BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
+    applied: BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>,
     /// Chains flushed by the last sync, to delete in this one.
     flushed: BTreeSet<String>,
     /// For each endpoint IP in the `hairpin` set, how many service ports use it.
@@ -422,9 +422,9 @@ impl Planner {
 
     /// Plan a sync to `ports`; a full one also flushes every chain of ours in `existing`
     /// (read from the kernel) that is not wanted.
-    pub fn plan(&self, cluster_cidr: &str, ports: &BTreeMap<Key, ServicePort>, full: bool, existing: &[String]) -> Plan {
+    pub fn plan(&self, cluster_cidr: &str, ports: &Ports, full: bool, existing: &[String]) -> Plan {
         let mut changed: Vec<&Key> = vec![];
-        let next: BTreeMap<Key, (ServicePort, Arc<Rendered>)> = ports
+        let next: BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)> = ports
             .iter()
             .map(|(k, sp)| {
                 let rendered = match self.applied.get(k) {
@@ -479,7 +479,7 @@ impl Planner {
 
     /// The fixed part with the first chunk of service chains, further chunks, then the
     /// maps refilled whole.
-    fn full(&self, next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>) -> (Vec<String>, usize, usize) {
+    fn full(&self, next: &BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>) -> (Vec<String>, usize, usize) {
         let mut txs = vec![String::new()];
         let mut rules = render_fixed(&mut txs[0]);
         let all: Vec<&Rendered> = next.values().map(|(_, r)| r.as_ref()).collect();
@@ -512,7 +512,7 @@ impl Planner {
     /// one transaction.
     fn partial(
         &self,
-        next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
+        next: &BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>,
         changed: &[&Key],
         removed: &[&Key],
     ) -> (Vec<String>, usize, usize) {
@@ -547,7 +547,7 @@ impl Planner {
     /// comes and deleted when its last one goes. Returns the counts that changed.
     fn hairpin_changes(
         &self,
-        next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>,
+        next: &BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>,
         changed: &[&Key],
         removed: &[&Key],
         tx: &mut String,
@@ -601,7 +601,7 @@ impl Planner {
 }
 
 /// A full sync's `hairpin` set: refilled whole with every endpoint of every service port.
-fn hairpin_full(next: &BTreeMap<Key, (ServicePort, Arc<Rendered>)>, tx: &mut String) -> BTreeMap<String, usize> {
+fn hairpin_full(next: &BTreeMap<Key, (Arc<ServicePort>, Arc<Rendered>)>, tx: &mut String) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for ip in next.values().flat_map(|(_, r)| &r.hairpin) {
         *counts.entry(ip.clone()).or_insert(0) += 1;
@@ -629,8 +629,8 @@ mod tests {
         }
     }
 
-    fn ports(list: Vec<ServicePort>) -> BTreeMap<(String, String), ServicePort> {
-        list.into_iter().map(|p| ((p.name.clone(), p.protocol.clone()), p)).collect()
+    fn ports(list: Vec<ServicePort>) -> Ports {
+        list.into_iter().map(|p| ((p.name.clone(), p.protocol.clone()), Arc::new(p))).collect()
     }
 
     #[test]
