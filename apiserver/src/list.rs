@@ -4,15 +4,18 @@
 //! from; once etcd has compacted the revision away the token is `410 Expired` and the
 //! client starts over.
 //!
-//! Which source answers (as kube-apiserver's cacher decides): with no `continue` token and
-//! no `limit`, the watch cache ([`crate::cacher`]) — after waiting until it has caught up
-//! with etcd's current revision when no `resourceVersion` is given (a consistent read), at
-//! once for `resourceVersion=0` ("any recent state will do"; `limit` is then ignored, as
-//! in Kubernetes), or once it reaches the given revision (`NotOlderThan`). Pages, and
-//! `resourceVersionMatch=Exact`, are read from etcd at their revision.
+//! Which source answers (as kube-apiserver's cacher decides): the watch cache
+//! ([`crate::cacher`]) — after waiting until it has caught up with etcd's current revision
+//! when no `resourceVersion` is given (a consistent read), at once for `resourceVersion=0`
+//! ("any recent state will do"; `limit` is then ignored, as in Kubernetes), or once it
+//! reaches the given revision (`NotOlderThan`). Pages come from the cache too, each as the
+//! objects were at the first page's revision (the cache undoes the changes its ring holds
+//! since, as Kubernetes 1.33's snapshots of the cache do); a page whose revision the ring
+//! no longer reaches back to, and `resourceVersionMatch=Exact`, are read from etcd at their
+//! revision. Tokens from either source continue in the other.
 //!
 //! Upstream: k8s.io/apiserver/pkg/storage/etcd3/store.go (GetList), storage/continue.go,
-//! storage/cacher/cacher.go (GetList, shouldDelegateList)
+//! storage/cacher/cacher.go (GetList, shouldDelegateList), cacher/store_btree.go
 
 use crate::cacher::store::Entry;
 use crate::error::ApiError;
@@ -162,23 +165,41 @@ pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -
 /// The LIST served from the watch cache, when it may be (see the module's top).
 async fn from_cache<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -> Result<Option<ListResult<T>>, ApiError> {
     let Some(caches) = &api.caches else { return Ok(None) };
-    let any = q.resource_version == Some(0);
-    if q.continue_token.is_some() || q.exact || (q.limit > 0 && !any) {
+    if q.exact {
         return Ok(None);
     }
     let cache = caches.of::<T>().await?;
-    match q.resource_version {
-        Some(0) => {}
-        Some(rv) => caches.reach(rv).await?,
-        None if !caches.wait_fresh().await? => {
-            tracing::warn!(kind = T::KIND, "watch cache behind etcd: listing from etcd");
-            return Ok(None);
+    let continued = q.continue_token.map(decode_continue).transpose()?;
+    if continued.is_none() {
+        match q.resource_version {
+            Some(0) => {}
+            Some(rv) => caches.reach(rv).await?,
+            None if !caches.wait_fresh().await? => {
+                tracing::warn!(kind = T::KIND, "watch cache behind etcd: listing from etcd");
+                return Ok(None);
+            }
+            None => {}
         }
-        None => {}
     }
-    let (entries, rev) = cache.list(&Api::prefix::<T>(ns));
-    let items = entries.into_iter().filter(|e| crate::watch::matches(&e.obj, q.labels, q.fields)).collect();
-    Ok(Some(ListResult { items, metadata: json!({"resourceVersion": rev.to_string()}) }))
+    let prefix = Api::prefix::<T>(ns);
+    let keep = |o: &T| crate::watch::matches(o, q.labels, q.fields);
+    if continued.is_none() && (q.limit <= 0 || q.resource_version == Some(0)) {
+        let (entries, rev) = cache.list(&prefix);
+        let items = entries.into_iter().filter(|e| keep(&e.obj)).collect();
+        return Ok(Some(ListResult { items, metadata: json!({"resourceVersion": rev.to_string()}) }));
+    }
+    // A page: at the token's revision, or (a first page) at the cache's, which is etcd's now.
+    let (rev, start) = continued.unwrap_or_else(|| (cache.revision(), String::new()));
+    let limit = if q.limit > 0 { q.limit as usize } else { 500 };
+    let Some(page) = cache.page_at(&prefix, &format!("{prefix}{start}"), rev, limit, keep) else {
+        return Ok(None); // the ring no longer reaches back to `rev`: etcd has it (or says 410)
+    };
+    let filtered = !q.labels.0.is_empty() || !q.fields.0.is_empty();
+    let metadata = match &page.last {
+        Some(last) => page_meta(rev, &format!("{}\0", &last[prefix.len()..]), page.remaining as i64, filtered),
+        None => json!({"resourceVersion": rev.to_string()}),
+    };
+    Ok(Some(ListResult { items: page.items, metadata }))
 }
 
 /// `metadata` of a page that has more after it.

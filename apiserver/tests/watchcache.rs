@@ -238,3 +238,29 @@ async fn a_stalled_watcher_is_cut_off_while_a_hundred_others_receive_every_event
     let events = got.split(|&b| b == b'\n').filter(|l| l.starts_with(b"{\"type\":\"ADDED\"")).count();
     assert!(events < N, "the stalled watcher was cut off before the end ({events} of {N} events)");
 }
+
+/// Pages come from the cache, as the first page's snapshot: the later pages are read with
+/// etcd stopped, and a ConfigMap made and one deleted after the first page do not show.
+#[tokio::test]
+async fn pages_are_read_from_the_cache_as_the_first_pages_snapshot() {
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+    let mut c = Cluster::start().await;
+    for i in 0..7 {
+        c.create(CMS, json!({"metadata": {"name": format!("cm-{i}")}})).await;
+    }
+    let (_, first) = c.get(&format!("{CMS}?limit=3")).await;
+    assert_eq!(first["metadata"]["remainingItemCount"], 4, "{first}");
+    c.create(CMS, json!({"metadata": {"name": "cm-35"}})).await;
+    assert_eq!(c.delete(&format!("{CMS}/cm-5")).await.0, 200);
+    c.etcd.stop();
+    let mut names: Vec<String> = vec![];
+    let mut next = first["metadata"]["continue"].as_str().map(String::from);
+    while let Some(t) = next {
+        let (code, page) = c.get(&format!("{CMS}?limit=3&continue={t}")).await;
+        assert_eq!(code, 200, "etcd is down, the cache answers: {page}");
+        assert_eq!(page["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+        names.extend(page["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        next = page["metadata"]["continue"].as_str().map(String::from);
+    }
+    assert_eq!(names, ["cm-3", "cm-4", "cm-5", "cm-6"]);
+}

@@ -117,6 +117,11 @@ impl<T: Strategy> Cache<T> {
         (s.snap.list(prefix), s.snap.revision())
     }
 
+    /// A page of a LIST at `revision` ([`Snapshot::page_at`]).
+    pub fn page_at(&self, prefix: &str, from: &str, revision: i64, limit: usize, keep: impl Fn(&T) -> bool) -> Option<store::Page<T>> {
+        self.state.read().unwrap().snap.page_at(prefix, from, revision, limit, keep)
+    }
+
     /// Subscribe, starting with the objects under `prefix` now; `index`: only changes to
     /// objects whose [`INDEXED`] field is (or was) this value.
     pub fn subscribe_with_objects(&self, prefix: &str, index: Option<&str>) -> Subscription<T> {

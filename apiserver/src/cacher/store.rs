@@ -64,6 +64,18 @@ pub struct Event<T> {
     /// The object before it, if it existed; for a delete its `resourceVersion` is the
     /// delete's revision, so a client that saw it can resume from there.
     pub prev: Option<Arc<Entry<T>>>,
+    /// The object before it exactly as it was stored (for a delete, `prev` is a copy with
+    /// another `resourceVersion`): what a page read at an earlier revision shows.
+    stored: Option<Arc<Entry<T>>>,
+}
+
+/// One page of a paginated LIST ([`Snapshot::page_at`]).
+pub struct Page<T> {
+    pub items: Vec<Arc<Entry<T>>>,
+    /// The key of the last item, when objects come after it.
+    pub last: Option<String>,
+    /// How many objects (matching or not) come after it.
+    pub remaining: usize,
 }
 
 /// The objects, the ring of recent events and the revision.
@@ -95,15 +107,19 @@ impl<T: Object> Snapshot<T> {
     /// Apply one change (`new: None` deletes) made at `revision`, and return it as an event.
     pub fn apply(&mut self, key: &str, new: Option<T>, revision: i64) -> Arc<Event<T>> {
         let new = new.map(Entry::new);
-        let prev = match &new {
+        let stored = match &new {
             Some(e) => self.objects.insert(key.to_string(), e.clone()),
-            None => self.objects.remove(key).map(|p| {
+            None => self.objects.remove(key),
+        };
+        let prev = match (&new, &stored) {
+            (None, Some(p)) => {
                 let mut gone = p.obj.clone();
                 gone.meta_mut().resource_version = Some(revision.to_string());
-                Entry::new(gone)
-            }),
+                Some(Entry::new(gone))
+            }
+            _ => stored.clone(),
         };
-        let ev = Arc::new(Event { key: key.to_string(), revision, new, prev });
+        let ev = Arc::new(Event { key: key.to_string(), revision, new, prev, stored });
         if self.ring.len() == self.capacity {
             if let Some(old) = self.ring.pop_front() {
                 self.ring_from = old.revision;
@@ -136,6 +152,42 @@ impl<T: Object> Snapshot<T> {
         self.objects.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, e)| e.clone()).collect()
     }
 
+    /// A page of the objects under `prefix` as they were at `revision`: those `keep`
+    /// accepts, from the key `from` on, at most `limit`. The objects now, with every
+    /// change the ring holds after `revision` undone (a key's first change after it says
+    /// what the key held then), so the pages of one LIST show one snapshot however the
+    /// objects change between them, as pages read from etcd at one revision do. `None`
+    /// when the ring no longer reaches back to `revision`, or the cache has not reached it.
+    pub fn page_at(&self, prefix: &str, from: &str, revision: i64, limit: usize, keep: impl Fn(&T) -> bool) -> Option<Page<T>> {
+        if revision < self.ring_from || revision > self.revision {
+            return None;
+        }
+        let in_range = |k: &str| k >= from && k.starts_with(prefix);
+        let mut then: BTreeMap<&str, Option<&Arc<Entry<T>>>> = BTreeMap::new();
+        let after = self.ring.partition_point(|e| e.revision <= revision);
+        for e in self.ring.range(after..).filter(|e| in_range(&e.key)) {
+            then.entry(e.key.as_str()).or_insert(e.stored.as_ref());
+        }
+        let now = self
+            .objects
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let mut view = merge(now.map(|(k, e)| (k.as_str(), Some(e))), then.into_iter());
+        let mut page = Page { items: vec![], last: None, remaining: 0 };
+        for (key, entry) in view.by_ref() {
+            if page.items.len() == limit {
+                page.remaining = 1 + view.count();
+                return Some(page);
+            }
+            if keep(&entry.obj) {
+                page.items.push(entry.clone());
+            }
+            page.last = Some(key.to_string());
+        }
+        page.last = None;
+        Some(page)
+    }
+
     /// The events at `from` and after, or `None` when the ring no longer reaches back
     /// that far (the caller then watches etcd itself, or answers 410).
     pub fn since(&self, from: i64) -> Option<Vec<Arc<Event<T>>>> {
@@ -145,6 +197,31 @@ impl<T: Object> Snapshot<T> {
         let start = self.ring.partition_point(|e| e.revision < from);
         Some(self.ring.range(start..).cloned().collect())
     }
+}
+
+/// Two key-ordered views of the same keys merged: `then` (what a key held at an earlier
+/// revision, `None`: nothing) wins over `now`; keys holding nothing are left out.
+fn merge<'a, T: 'a>(
+    now: impl Iterator<Item = (&'a str, Option<&'a Arc<Entry<T>>>)>,
+    then: impl Iterator<Item = (&'a str, Option<&'a Arc<Entry<T>>>)>,
+) -> impl Iterator<Item = (&'a str, &'a Arc<Entry<T>>)> {
+    let (mut now, mut then) = (now.peekable(), then.peekable());
+    std::iter::from_fn(move || loop {
+        let next = match (now.peek(), then.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => now.next(),
+            (None, Some(_)) => then.next(),
+            (Some(a), Some(b)) if a.0 < b.0 => now.next(),
+            (Some(a), Some(b)) if a.0 > b.0 => then.next(),
+            (Some(_), Some(_)) => {
+                now.next();
+                then.next()
+            }
+        };
+        if let Some((k, Some(e))) = next {
+            return Some((k, e));
+        }
+    })
 }
 
 #[cfg(test)]
@@ -207,5 +284,63 @@ mod tests {
         let e = Entry::new(cm("a", "1", 3));
         assert_eq!(&e.json()[..], &serde_json::to_vec(&e.obj).unwrap()[..]);
         assert!(std::ptr::eq(e.json(), e.json()));
+    }
+
+    /// Every page read at an earlier revision, with changes made in between, shows the
+    /// objects exactly as they were at that revision (compared with a record of each state).
+    #[test]
+    fn pages_at_a_revision_show_that_revision_whatever_changed_since() {
+        let mut s = Snapshot::new(1_000);
+        s.replace(vec![], 1);
+        let mut history: Vec<(i64, BTreeMap<String, String>)> = vec![(1, BTreeMap::new())];
+        let mut state: BTreeMap<String, String> = BTreeMap::new();
+        let mut seed: u64 = 7;
+        let mut rand = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for rev in 2..300 {
+            let (ns, name) = (["default", "other"][rand(2) as usize], format!("c{}", rand(20)));
+            let key = format!("/c/{ns}/{name}");
+            if rand(4) == 0 {
+                s.apply(&key, None, rev);
+                state.remove(&key);
+            } else {
+                let v = format!("v{rev}");
+                s.apply(&key, Some(cm(&name, &v, rev)), rev);
+                state.insert(key, v);
+            }
+            history.push((rev, state.clone()));
+        }
+        for (rev, then) in history.iter().step_by(7) {
+            for (prefix, limit) in [("/c/", 3), ("/c/default/", 4), ("/c/", 1_000)] {
+                let want: Vec<&String> = then.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).collect();
+                let (mut got, mut from) = (vec![], prefix.to_string());
+                loop {
+                    let page = s.page_at(prefix, &from, *rev, limit, |_| true).expect("the ring reaches back");
+                    assert!(page.items.len() <= limit);
+                    got.extend(page.items.iter().map(|e| e.obj.data.as_ref().unwrap()["v"].clone()));
+                    match page.last {
+                        Some(last) => {
+                            assert_eq!(page.remaining, want.len() - got.len(), "remaining at {rev}");
+                            from = format!("{last}\0");
+                        }
+                        None => break,
+                    }
+                }
+                assert_eq!(got.iter().collect::<Vec<_>>(), want, "pages of {prefix} at revision {rev}");
+            }
+        }
+        // Selectors filter a page; a revision the ring does not reach is for etcd to read.
+        let page = s.page_at("/c/", "/c/", 150, 2, |c: &ConfigMap| c.metadata.namespace.as_deref() == Some("other")).unwrap();
+        assert!(page.items.iter().all(|e| e.obj.metadata.namespace.as_deref() == Some("other")));
+        let mut small = Snapshot::<ConfigMap>::new(2);
+        small.replace(vec![], 1);
+        for rev in 2..6 {
+            small.apply("/c/default/a", Some(cm("a", "x", rev)), rev);
+        }
+        assert!(small.page_at("/c/", "/c/", 2, 10, |_| true).is_none(), "events after 2 have left the ring");
+        assert!(small.page_at("/c/", "/c/", 4, 10, |_| true).is_some());
+        assert!(small.page_at("/c/", "/c/", 9, 10, |_| true).is_none(), "the cache has not reached 9");
     }
 }
