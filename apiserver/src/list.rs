@@ -45,6 +45,26 @@ impl<'a> ListQuery<'a> {
     pub fn all(labels: &'a LabelSelector, fields: &'a FieldSelector) -> ListQuery<'a> {
         ListQuery { labels, fields, limit: 0, continue_token: None, resource_version: None, exact: false }
     }
+
+    /// Items per page read: the `limit`, or 500 when a continued LIST gives none.
+    fn page_size(&self) -> i64 {
+        if self.limit > 0 {
+            self.limit
+        } else {
+            500
+        }
+    }
+
+    /// Whether selectors leave objects out (a page then cannot say how many remain).
+    fn filtered(&self) -> bool {
+        !self.labels.0.is_empty() || !self.fields.0.is_empty()
+    }
+}
+
+/// Where the page after the object stored at `key` starts: the part of its key after
+/// `prefix`, and a NUL, so that page begins strictly after it.
+fn start_after(key: &str, prefix: &str) -> String {
+    format!("{}\0", &key[prefix.len()..])
 }
 
 /// `resourceVersion` and `resourceVersionMatch` of a LIST: (revision, exact). As in
@@ -138,22 +158,21 @@ pub async fn list<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>) -
         None if q.exact => (q.resource_version.unwrap_or(0), String::new()),
         None => (0, String::new()),
     };
-    let limit = if q.limit > 0 { q.limit } else { 500 };
-    let filtered = !q.labels.0.is_empty() || !q.fields.0.is_empty();
+    let limit = q.page_size();
     let mut items = vec![];
     loop {
         let page = api.store.list_page(&prefix, &format!("{prefix}{start}"), rev, limit).await.map_err(|e| expired(e, q))?;
         rev = page.revision;
         let fetched = page.items.len();
         for (i, (key, value, mod_rev)) in page.items.into_iter().enumerate() {
-            start = format!("{}\0", &key[prefix.len()..]);
+            start = start_after(&key, &prefix);
             let o: T = storage::decode(&value, mod_rev)?;
             if keep(&o) {
                 items.push(Entry::new(o));
             }
             if items.len() as i64 == limit && q.limit > 0 {
                 let left = page.remaining + (fetched - i - 1) as i64;
-                return Ok(ListResult { items, metadata: page_meta(rev, &start, left, filtered) });
+                return Ok(ListResult { items, metadata: page_meta(rev, &start, left, q.filtered()) });
             }
         }
         if page.remaining == 0 {
@@ -190,13 +209,11 @@ async fn from_cache<T: Strategy>(api: &Api, ns: Option<&str>, q: &ListQuery<'_>)
     }
     // A page: at the token's revision, or (a first page) at the cache's, which is etcd's now.
     let (rev, start) = continued.unwrap_or_else(|| (cache.revision(), String::new()));
-    let limit = if q.limit > 0 { q.limit as usize } else { 500 };
-    let Some(page) = cache.page_at(&prefix, &format!("{prefix}{start}"), rev, limit, keep) else {
+    let Some(page) = cache.page_at(&prefix, &format!("{prefix}{start}"), rev, q.page_size() as usize, keep) else {
         return Ok(None); // the ring no longer reaches back to `rev`: etcd has it (or says 410)
     };
-    let filtered = !q.labels.0.is_empty() || !q.fields.0.is_empty();
     let metadata = match &page.last {
-        Some(last) => page_meta(rev, &format!("{}\0", &last[prefix.len()..]), page.remaining as i64, filtered),
+        Some(last) => page_meta(rev, &start_after(last, &prefix), page.remaining as i64, q.filtered()),
         None => json!({"resourceVersion": rev.to_string()}),
     };
     Ok(Some(ListResult { items: page.items, metadata }))

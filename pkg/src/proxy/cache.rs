@@ -17,21 +17,9 @@
 //!
 //! Upstream: pkg/proxy/servicechangetracker.go, endpointschangetracker.go, endpointslicecache.go
 
-use super::{backends_from_slices, update_ports, Backend, Ports};
-use crate::api::{EndpointSlice, Object, Service};
-use crate::endpointslice::SERVICE_NAME_LABEL;
+use super::{backends_from_slices, key_of, service_of, update_ports, Backend, Ports};
+use crate::api::{EndpointSlice, Service};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// `namespace/name`, as services are named in the proxy's model.
-pub fn key_of<T: Object>(o: &T) -> String {
-    format!("{}/{}", o.namespace().unwrap_or("default"), o.name())
-}
-
-/// The service (`namespace/name`) an EndpointSlice belongs to, from its label.
-fn service_of(s: &EndpointSlice) -> Option<String> {
-    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(format!("{}/{svc}", s.namespace().unwrap_or("default")))
-}
 
 /// Which services a sync must look at again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

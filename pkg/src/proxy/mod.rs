@@ -166,17 +166,30 @@ pub struct Backend {
     pub node_name: Option<String>,
 }
 
+/// `namespace/name`, as services (and the objects named after them) are keyed in the
+/// proxy's model.
+pub fn key_of<T: Object>(o: &T) -> String {
+    format!("{}/{}", o.namespace().unwrap_or("default"), o.name())
+}
+
+/// The service (`namespace/name`) an EndpointSlice belongs to, from its
+/// `kubernetes.io/service-name` label.
+pub fn service_of(s: &EndpointSlice) -> Option<String> {
+    let svc = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!("{}/{svc}", s.namespace().unwrap_or("default")))
+}
+
 /// The backends of every service (`namespace/name`), from the EndpointSlices labelled
 /// with it (`kubernetes.io/service-name`). An endpoint's `ready` and `serving` left unset
 /// mean true, as the API says; only its first address is used, as kube-proxy does.
 pub fn backends_from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> BTreeMap<String, Vec<Backend>> {
     let mut out: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
     for s in slices {
-        let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+        let Some(svc) = service_of(s) else { continue };
         if s.address_type != "IPv4" {
             continue;
         }
-        let list = out.entry(format!("{}/{svc}", s.namespace().unwrap_or("default"))).or_default();
+        let list = out.entry(svc).or_default();
         for p in s.ports.iter().flatten() {
             let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else { continue };
             for e in &s.endpoints {
@@ -204,7 +217,7 @@ pub fn backends_from_slices<'a>(slices: impl IntoIterator<Item = &'a EndpointSli
 pub fn backends_from_endpoints<'a>(endpoints: impl IntoIterator<Item = &'a Endpoints>) -> BTreeMap<String, Vec<Backend>> {
     let mut out: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
     for e in endpoints {
-        let list = out.entry(format!("{}/{}", e.namespace().unwrap_or("default"), e.name())).or_default();
+        let list = out.entry(key_of(e)).or_default();
         for s in e.subsets.iter().flatten() {
             for p in s.ports.iter().flatten() {
                 let Ok(port) = u16::try_from(p.port) else { continue };
@@ -255,7 +268,7 @@ fn policies(svc: &Service) -> (TrafficPolicy, TrafficPolicy, Option<u32>) {
 fn proxied<'a>(services: impl IntoIterator<Item = &'a Service>) -> impl Iterator<Item = (String, &'a Service, String)> {
     services.into_iter().filter(|svc| svc.type_() != "ExternalName").filter_map(|svc| {
         let ip = svc.cluster_ip().filter(|ip| *ip != "None")?.to_string();
-        Some((format!("{}/{}", svc.namespace().unwrap_or("default"), svc.name()), svc, ip))
+        Some((key_of(svc), svc, ip))
     })
 }
 
