@@ -2,7 +2,7 @@
 """Lab benchmark (run by `scripts/bench lab` against a lab that is up). Prints numbers,
 writes results/lab.json, asserts nothing:
 
-- pods: single pods one at a time, then bursts of 20 and 100 created together (image
+- pods: single pods one at a time (bare, and with probes and volumes), then bursts of 20 and 100 created together (image
   already on the nodes), creation -> Running with a podIP, p50/p99, each beside the same
   number of `ctr run -d` started together on the same nodes (containerd directly); during
   the 100-pod burst, the longest gap between the nodes' Lease renewals;
@@ -40,6 +40,19 @@ def pod(name, label):
             "spec": {"terminationGracePeriodSeconds": 0,
                      "containers": [{"name": "whoami", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
                                      "ports": [{"name": "http", "containerPort": 8080}]}]}}
+
+
+def pod_with_probes_and_volumes(name, label):
+    """`pod()` with what a real workload carries: readiness and liveness probes, a
+    configMap volume, an emptyDir and an env var from the ConfigMap (made by main())."""
+    p = pod(name, label)
+    c = p["spec"]["containers"][0]
+    c["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1}
+    c["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 5}
+    c["env"] = [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "bench-config", "key": "greeting"}}}]
+    c["volumeMounts"] = [{"name": "config", "mountPath": "/etc/bench"}, {"name": "scratch", "mountPath": "/scratch"}]
+    p["spec"]["volumes"] = [{"name": "config", "configMap": {"name": "bench-config"}}, {"name": "scratch", "emptyDir": {}}]
+    return p
 
 
 class Watch:
@@ -192,18 +205,22 @@ def main():
     running.wait(set(warm), {n: time.time() for n in warm})
 
     results = {"benchmark": "lab", "pods": {}}
-    # Single pods, one at a time.
-    single = []
-    for i in range(10):
-        n = f"single-{i}"
-        t = time.time()
-        req("POST", "/api/v1/namespaces/default/pods", pod(n, "bench"))
-        single += list(running.wait({n}, {n: t}).values())
-        req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
-        time.sleep(1)  # its teardown is not the next pod's start
-    s50, s99 = pct(single)
-    print(f"single pod creation -> Running with podIP (10, one at a time): p50 {s50:.0f} ms  p99 {s99:.0f} ms")
-    results["pods"]["single"] = {"p50_ms": s50, "p99_ms": s99, "n": len(single)}
+    # Single pods, one at a time: bare, then with probes and volumes.
+    req("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "bench-config"}, "data": {"greeting": "hello"}})
+    for key, make, what in (("single", pod, "bare"), ("single_with_probes_and_volumes", pod_with_probes_and_volumes,
+                                                         "2 probes, configMap + emptyDir volumes, env from a ConfigMap")):
+        single = []
+        for i in range(10):
+            n = f"{key.replace('_', '-')}-{i}"
+            t = time.time()
+            req("POST", "/api/v1/namespaces/default/pods", make(n, "bench"))
+            single += list(running.wait({n}, {n: t}).values())
+            req("DELETE", f"/api/v1/namespaces/default/pods/{n}?gracePeriodSeconds=0")
+            time.sleep(1)  # its teardown is not the next pod's start
+        s50, s99 = pct(single)
+        print(f"single pod creation -> Running with podIP (10, one at a time; {what}): p50 {s50:.0f} ms  p99 {s99:.0f} ms")
+        results["pods"][key] = {"p50_ms": s50, "p99_ms": s99, "n": len(single)}
+    req("DELETE", "/api/v1/namespaces/default/configmaps/bench-config")
     time.sleep(2)
 
     names = []

@@ -44,6 +44,10 @@ struct Flags {
     /// on hollow ones.
     #[arg(long)]
     min_sync_period_millis: Option<u64>,
+    /// At most this many containers created and started at once, the rest queued in order
+    /// (default: twice the number of CPUs; 0: no limit). See agent/src/kubelet/starts.rs.
+    #[arg(long)]
+    max_parallel_starts: Option<usize>,
     /// Run N hollow nodes in this process instead of one real node (as kubemark does):
     /// the real kubelet and proxy loops over HTTP, with a runtime that runs nothing, a pod
     /// network that wires nothing and rules rendered but not applied. For scale tests.
@@ -173,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
             servers: flags.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
             domain: flags.cluster_domain.clone(),
         },
+        max_parallel_starts: flags.max_parallel_starts.unwrap_or_else(kubelet::starts::default_parallel_starts),
     };
     let node_token = match &flags.node_token_file {
         Some(f) => Some(std::fs::read_to_string(f)?.trim().to_string()),

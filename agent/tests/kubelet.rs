@@ -136,6 +136,7 @@ async fn start_kubelet(
         lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
         dns: pkg::kubelet::dns::ClusterDns { servers: vec!["10.96.0.10".into()], domain: "cluster.local".into() },
+        max_parallel_starts: kubelet::starts::default_parallel_starts(),
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), ctd.runtime().await, cfg).await.expect("kubelet starts");
     tokio::spawn(k.run())

@@ -70,6 +70,7 @@ async fn probes_config_init_containers_oom_events_and_the_lease() {
         lease_renew: Duration::from_secs(1),
         netns: Some(node.name.clone()),
         dns: Default::default(),
+        max_parallel_starts: kubelet::starts::default_parallel_starts(),
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), rt.clone(), cfg).await.expect("kubelet starts");
     tokio::spawn(k.run());

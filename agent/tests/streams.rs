@@ -53,6 +53,7 @@ async fn exec_cp_port_forward_attach_and_logs_through_the_apiserver() {
         lease_renew: Duration::from_secs(2),
         netns: Some(node.name.clone()),
         dns: Default::default(),
+        max_parallel_starts: kubelet::starts::default_parallel_starts(),
     };
     let k = Kubelet::start(kubelet::client_for(&c.base).unwrap(), rt.clone(), cfg).await.expect("kubelet starts");
     tokio::spawn(k.run());

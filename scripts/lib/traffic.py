@@ -64,7 +64,8 @@ def main():
         except Exception as e:  # every kind of failure counts: refused, reset, timeout, bad answer
             failed += 1
             if len(errors) < 5:
-                errors.append(f"{time.monotonic() - start:.1f}s {url}: {e}")
+                at = time.strftime("%H:%M:%S", time.gmtime()) + f"{time.time() % 1:.2f}"[1:]
+                errors.append(f"{time.monotonic() - start:.1f}s ({at} UTC) {url}: {e}")
     print(json.dumps({"requests": total, "failed": failed, "errors": errors, "versions": versions,
                       "seconds": round(time.monotonic() - start, 1)}))
 

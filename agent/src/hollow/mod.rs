@@ -78,6 +78,7 @@ async fn start_one(h: &Hollow, i: usize, proxies: &tokio::runtime::Handle) -> an
         netns: None,
         // As a real cluster's nodes are told (no pod of a hollow node resolves anything).
         dns: pkg::kubelet::dns::ClusterDns { servers: vec!["10.96.0.10".into()], domain: "cluster.local".into() },
+        max_parallel_starts: 0, // its runtime does no work: nothing to queue
     };
     let client = kubelet::client_for(&h.apiserver)?;
     let plugins = Plugins { runtime: Arc::new(runtime::FakeRuntime::default()), network: Arc::new(network::FakeNetwork::default()) };

@@ -142,6 +142,8 @@ pub async fn start(ctx: &Ctx, pod: &Pod, c: &Container, restart: i32, sb: &Sandb
     ]);
     let image = c.image.clone().unwrap_or_default();
     let create = || ctx.rt.create_container(&id, &image, &img.chain_id, &spec, labels.clone());
+    let _turn = ctx.starts.turn().await;
+    steps.mark("queued");
     create_fresh(ctx, &id, restart == 0, create).await.map_err(|e| failed("CreateContainerError", e.to_string()))?;
     ctx.recorder.event(pod, Some(&c.name), false, "Created", &format!("Created container {}", c.name));
     steps.mark("create");

@@ -10,6 +10,7 @@
 //!   stopping one (SIGTERM, the grace period, SIGKILL);
 //! - [`status`]: the pod's status from what containerd says and what the kubelet remembers;
 //! - [`prober`]: readiness, liveness and startup probes; [`volumes`]; [`logs`]; [`events`];
+//! - [`starts`]: at most twice as many container starts at once as the node has CPUs;
 //! - [`steps`]: where a pod's start goes, step by step, in one log line.
 //!
 //! Nothing is kept only in memory that cannot be rebuilt: a restarted agent finds its pods'
@@ -23,6 +24,7 @@ pub mod events;
 pub mod logs;
 pub mod node;
 pub mod prober;
+pub mod starts;
 pub mod status;
 pub mod steps;
 pub mod sync;
@@ -63,6 +65,8 @@ pub struct Config {
     /// The cluster's DNS (`--cluster-dns`, `--cluster-domain`): what `ClusterFirst` pods'
     /// `/etc/resolv.conf` names. No servers: those pods get the node's (and an event).
     pub dns: pkg::kubelet::dns::ClusterDns,
+    /// At most this many containers created and started at once ([`starts`]); 0: no limit.
+    pub max_parallel_starts: usize,
 }
 
 /// The names everything of one pod goes by.
@@ -144,6 +148,8 @@ pub struct Ctx {
     pub workers: Mutex<HashMap<String, worker::Handle>>,
     /// The node's allocatable cpu and memory, for `resourceFieldRef`.
     pub allocatable: (i64, i64),
+    /// The queue of container starts ([`starts`]).
+    pub starts: starts::Starts,
 }
 
 pub struct Kubelet {
@@ -172,6 +178,7 @@ impl Kubelet {
         let (config_maps, cm_writer) = reflector::store();
         let (secrets, secret_writer) = reflector::store();
         let recorder = events::Recorder::start(client.clone(), &cfg.node_name);
+        let cfg_starts = cfg.max_parallel_starts;
         let ctx = Ctx {
             client,
             rt,
@@ -191,6 +198,7 @@ impl Kubelet {
             ooms: Default::default(),
             workers: Default::default(),
             allocatable: node::allocatable(),
+            starts: starts::Starts::new(cfg_starts),
         };
         Ok(Kubelet { ctx: Arc::new(ctx), node_uid: node.metadata.uid.clone(), cm_writer, secret_writer })
     }

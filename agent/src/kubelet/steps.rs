@@ -1,7 +1,8 @@
 //! Where a pod's start goes: a stopwatch that a sync pass marks after each step (network:
 //! netns and veth; files, volumes, image, create, start, status), logged as one line when the pass started a
 //! container, e.g. `pod=web-1 total_ms=72 steps=network 19.1, files 0.2, volumes 0.0,
-//! observe 0.5, image 0.0, create 4.1, io 1.6, start_task 41.9, observe 0.6, status 3.2`.
+//! observe 0.5, image 0.0, queued 0.0, create 4.1, io 1.6, start_task 41.9, observe 0.6,
+//! status 3.2` (`queued`: waiting for a turn to start, [`super::starts`]).
 //! It is how one reads, in `/var/log/ownkube/agent.log`, which part of "pod created →
 //! Running" is the kubelet's.
 //!
