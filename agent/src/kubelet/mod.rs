@@ -273,6 +273,9 @@ async fn task_events(ctx: Arc<Ctx>) {
     loop {
         match ctx.rt.task_events().await {
             Ok(events) => {
+                // Whatever exited while no stream was open is found by a pass over every pod
+                // (the kubelet's PLEG relists for the same reason).
+                worker::wake_all(&ctx);
                 let mut events = std::pin::pin!(events);
                 while let Some((id, exit)) = events.next().await {
                     if exit.is_none() {

@@ -27,8 +27,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Resync a pod this often when nothing wakes its worker.
-pub const RESYNC: Duration = Duration::from_secs(10);
+/// Resync a pod this often when nothing wakes its worker (the kubelet's
+/// `--sync-frequency`, 1 min). What changes a pod's state wakes its worker at once: the pod
+/// itself, its namespace's ConfigMaps and Secrets, a container's exit, a probe result; so
+/// this pass only repairs what changed behind the kubelet's back (a veth deleted by hand).
+pub const RESYNC: Duration = Duration::from_secs(60);
 
 /// What a pod's worker remembers between passes.
 #[derive(Default)]
@@ -87,7 +90,7 @@ async fn sandbox(ctx: &Ctx, pod: &Pod, uid: &str, steps: &mut Steps) -> anyhow::
     Ok((ip, netns, files))
 }
 
-/// Write a file only if it does not hold `content` already: a pod is synced every 10 s,
+/// Write a file only if it does not hold `content` already: a pod is synced every minute,
 /// and rewriting its three files each time was most of a steady pass's cost.
 fn write_if_changed(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     match std::fs::read(path) {

@@ -63,6 +63,11 @@ pub fn wake(ctx: &Ctx, uid: &str) {
     }
 }
 
+/// Wake every worker (containerd's events came back after a gap: an exit may be missed).
+pub fn wake_all(ctx: &Ctx) {
+    ctx.workers.lock().unwrap().values().for_each(|h| h.wake.notify_one());
+}
+
 /// Wake every worker of a namespace (a ConfigMap or Secret there changed).
 pub fn wake_namespace(ctx: &Ctx, ns: &str) {
     for h in ctx.workers.lock().unwrap().values().filter(|h| h.namespace == ns) {

@@ -32,20 +32,20 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd must be installed (Debian: apt-get install containerd runc)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn(dir.path(), &socket);
         Containerd { dir, socket, child }
+    }
+
+    /// Stop containerd; its shims and their containers go on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Start it again (after [`Containerd::stop`]) on the same root and socket.
+    pub fn start_again(&mut self) {
+        self.child = spawn(self.dir.path(), &self.socket);
     }
 
     /// A client. The socket file appears a moment before containerd accepts on it (CI
@@ -63,6 +63,24 @@ impl Containerd {
             }
         }
     }
+}
+
+/// containerd with the config in `dir`, once its socket exists.
+fn spawn(dir: &std::path::Path, socket: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("containerd.log")).unwrap();
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("containerd must be installed (Debian: apt-get install containerd runc)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for Containerd {
