@@ -8,8 +8,24 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A loopback port for a test server: free now (TCP and UDP), never handed out twice by
+/// this process, and below the kernel's ephemeral range (32768-60999 by default). So no
+/// `bind(0)` and no outgoing connection's local port can take it while its server is
+/// stopped, as [`Etcd::restart`] needs (a port from `bind(0)` can come back as any other
+/// socket's meanwhile, and then the restarted etcd cannot listen).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 10_000; // 20000-29999: under the ephemeral range and the NodePort range
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries that run at the same time start at different places.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    loop {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Why [`Etcd::spawn`] gave up: etcd exited (`exited`), or never listened.
