@@ -20,7 +20,7 @@ struct Flags {
     #[arg(long, env = "NODE_NAME", required_unless_present = "hollow")]
     node_name: Option<String>,
     /// This node's address (default: the address of the interface holding the default route).
-    #[arg(long)]
+    #[arg(long, env = "NODE_IP")]
     node_ip: Option<Ipv4Addr>,
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,

@@ -266,3 +266,21 @@ async fn nodes_without_heartbeats_become_not_ready() {
     assert_eq!(ready(&n2b).as_deref(), Some("True"));
     assert_eq!(n2b["spec"]["podCIDR"], n2["spec"]["podCIDR"]);
 }
+
+/// podgc's orphan sweep: a node deleted takes its pods with it (a removed lab node's pods
+/// would otherwise stay Running in the API for ever), while a pod bound to a node name
+/// never seen waits out the quarantine (its node may still be registering).
+#[tokio::test]
+async fn pods_of_a_deleted_node_are_deleted() {
+    let c = Cluster::start_with(|cfg| cfg.node_monitor_grace_period = Duration::from_secs(2)).await;
+    c.ready_node("node3", "172.30.0.13", json!({})).await;
+    let pod = |name: &str, node: &str| json!({"metadata": {"name": name}, "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]}});
+    assert_eq!(c.post(PODS, &pod("on-node3", "node3")).await.0, 201);
+    assert_eq!(c.post(PODS, &pod("on-node9", "node9")).await.0, 201);
+    // The controller sees node3 before it goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.http.delete(c.url("/api/v1/nodes/node3")).send().await.unwrap().status(), 200);
+    eventually(10, "the deleted node's pod to be deleted", || async { (c.get(&format!("{PODS}/on-node3")).await.0 == 404).then_some(()) })
+        .await;
+    assert_eq!(c.get(&format!("{PODS}/on-node9")).await.0, 200, "a node never seen is quarantined first");
+}

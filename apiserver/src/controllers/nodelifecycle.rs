@@ -8,9 +8,11 @@
 //! the endpoint controllers take them out of their Services and traffic stops going to a
 //! node that may be gone; its kubelet posts their real state when it comes back.
 //!
-//! It also does podgc's orphan sweep: a pod being deleted on a node that no longer exists
-//! has nobody to finish the delete, so it is removed here (at once when a node goes, and
-//! every 20 s, as podgc checks).
+//! It also does podgc's orphan sweep (`gcOrphaned`): a pod bound to a node that does not
+//! exist has no kubelet to run it or to finish its delete, so it is deleted here (at once
+//! when a node goes, and every 20 s, as podgc checks). A node this controller saw go is
+//! gone for good; a name it never saw gets podgc's 40 s quarantine first, so a pod created
+//! for a node that is still registering is not deleted.
 
 use crate::objects::Api;
 use pkg::api::*;
@@ -22,9 +24,13 @@ use std::time::{Duration, Instant};
 /// took a tenth of a core.
 const SWEEP_EVERY: Duration = Duration::from_secs(20);
 
+/// How long a node name pods are bound to must be missing before they are orphans
+/// (podgc's `quarantineTime`).
+const QUARANTINE: Duration = Duration::from_secs(40);
+
 pub fn spawn(api: Api, grace: Duration) {
     tokio::spawn(async move {
-        let mut st = State { seen: HashMap::new(), swept: Instant::now() };
+        let mut st = State { seen: HashMap::new(), swept: Instant::now(), missing: HashMap::new() };
         let period = (grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             tokio::time::sleep(period).await;
@@ -44,6 +50,9 @@ struct State {
     seen: HashMap<String, (Beat, Instant)>,
     /// When pods were last swept for orphans.
     swept: Instant,
+    /// Node names pods are bound to that are not nodes → since when (a node seen to go:
+    /// a quarantine ago).
+    missing: HashMap<String, Instant>,
 }
 
 async fn pass(api: &Api, grace: Duration, st: &mut State) -> Result<(), crate::error::ApiError> {
@@ -52,10 +61,12 @@ async fn pass(api: &Api, grace: Duration, st: &mut State) -> Result<(), crate::e
     let renewals: HashMap<&str, Option<MicroTime>> =
         leases.iter().map(|l| (l.name(), l.spec.as_ref().and_then(|s| s.renew_time.clone()))).collect();
     let now = Instant::now();
-    let known = st.seen.len();
     let names: std::collections::HashSet<&str> = nodes.iter().map(|n| n.name()).collect();
+    let gone: Vec<String> = st.seen.keys().filter(|n| !names.contains(n.as_str())).cloned().collect();
     st.seen.retain(|name, _| names.contains(name.as_str()));
-    let node_gone = st.seen.len() < known;
+    let node_gone = !gone.is_empty();
+    let long_ago = now.checked_sub(QUARANTINE).unwrap_or(now);
+    st.missing.extend(gone.into_iter().map(|n| (n, long_ago)));
     let seen = &mut st.seen;
     for node in &nodes {
         let status_beat = node.node_condition("Ready").and_then(|c| c.last_heartbeat_time.clone());
@@ -94,13 +105,26 @@ async fn pass(api: &Api, grace: Duration, st: &mut State) -> Result<(), crate::e
     for pod in pods.iter().filter(|p| p.node_name().is_some_and(|n| down.contains(&n)) && pod_ready(p)) {
         mark_pod_not_ready(api, pod).await;
     }
-    for pod in pods.iter().filter(|p| p.is_deleting()) {
-        let node = pod.node_name().unwrap_or("");
-        if !nodes.iter().any(|n| n.name() == node) {
-            let _ = api.delete::<Pod>(pod.namespace(), pod.name(), Some(0), None).await;
-        }
-    }
+    sweep_orphans(api, &names, &pods, &mut st.missing).await;
     Ok(())
+}
+
+/// Delete the pods bound to nodes that do not exist: at once if they are being deleted
+/// already, else once their node has been missing for [`QUARANTINE`].
+async fn sweep_orphans(api: &Api, nodes: &std::collections::HashSet<&str>, pods: &[Pod], missing: &mut HashMap<String, Instant>) {
+    let now = Instant::now();
+    let bound_to_missing = |p: &&Pod| p.node_name().is_some_and(|n| !n.is_empty() && !nodes.contains(n));
+    let orphans: Vec<&Pod> = pods.iter().filter(bound_to_missing).collect();
+    missing.retain(|n, _| orphans.iter().any(|p| p.node_name() == Some(n.as_str())));
+    for pod in orphans {
+        let node = pod.node_name().unwrap_or_default();
+        let since = *missing.entry(node.to_string()).or_insert(now);
+        if !pod.is_deleting() && now.duration_since(since) < QUARANTINE {
+            continue;
+        }
+        tracing::info!(pod = %pod.name(), node, "pod bound to a node that does not exist: deleting it");
+        let _ = api.delete::<Pod>(pod.namespace(), pod.name(), Some(0), None).await;
+    }
 }
 
 fn pod_ready(p: &Pod) -> bool {
