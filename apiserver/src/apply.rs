@@ -11,7 +11,7 @@
 
 use crate::codec::{self, FieldValidation};
 use crate::error::ApiError;
-use crate::handler::{dry_run, Req};
+use crate::handler::{check_manager, check_uid_unchanged, dry_run, Req};
 use crate::objects::{Api, Fields, Write};
 use crate::printers::Printable;
 use crate::registry::Strategy;
@@ -61,6 +61,7 @@ fn configuration<T: Strategy>(body: &[u8], name: &str) -> Result<Value, ApiError
 pub async fn apply<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: &Req<'_>) -> Result<Response, ApiError> {
     let manager = r.params.get("fieldManager").filter(|m| !m.is_empty());
     let manager = manager.ok_or_else(|| ApiError::invalid_options("PatchOptions", "fieldManager", "is required for apply patch"))?;
+    check_manager("PatchOptions", manager)?;
     let force = match r.params.get("force").map(String::as_str) {
         None | Some("" | "false") => false,
         Some("true") => true,
@@ -70,6 +71,7 @@ pub async fn apply<T: Strategy + Printable>(api: &Api, name: &str, status: bool,
     let w = Write { dry_run: dry_run(r.params)?, fields: Fields::Applied };
     let cfg = configuration::<T>(&r.body, name)?;
     let mgr = Manager::new(manager, Operation::Apply, T::API_VERSION, status.then_some("status"));
+    let pinned = cfg["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
     // A write that lost a race with another is worked out again from the new live object.
     for _ in 0..5 {
         let live: Option<T> = api.try_get(r.ns, name).await?;
@@ -79,13 +81,16 @@ pub async fn apply<T: Strategy + Printable>(api: &Api, name: &str, status: bool,
         let (code, written) = match live {
             None => (StatusCode::CREATED, api.create_opts::<T>(r.ns, d.obj, &w).await),
             Some(l) => {
+                check_uid_unchanged(&d.obj, &l)?;
+                // A resourceVersion in the configuration is a precondition, as for any
+                // other write; without one, apply writes over whatever is live.
                 let mut obj = d.obj;
-                obj.meta_mut().resource_version = l.meta().resource_version.clone();
+                obj.meta_mut().resource_version = pinned.map(String::from).or_else(|| l.meta().resource_version.clone());
                 (StatusCode::OK, api.update_opts::<T>(r.ns, name, obj, status, &w).await)
             }
         };
         match written {
-            Err(e) if e.code() == 409 && e.0.reason() != "Invalid" => continue,
+            Err(e) if e.code() == 409 && e.0.reason() != "Invalid" && pinned.is_none() => continue,
             res => return Ok(codec::with_warnings(codec::respond_obj(code, r.out, &res?), &d.warnings)),
         }
     }

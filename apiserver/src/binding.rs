@@ -28,7 +28,7 @@ pub async fn bind(api: &Api, name: &str, r: &Req<'_>) -> Result<Response, ApiErr
         return Err(ApiError::invalid("Binding", name, vec![StatusCause::required("target.name")]));
     }
     let now = now();
-    api.rewrite::<Pod>(r.ns, name, &writer(r)?, "binding", |pod| {
+    api.rewrite::<Pod>(r.ns, name, &writer(r, "CreateOptions")?, "binding", |pod| {
         if pod.is_deleting() {
             return Err(ApiError::new(409, "Conflict", format!("pod {name} is being deleted, cannot be assigned to a host")));
         }

@@ -87,7 +87,9 @@ pub fn body_type(h: &HeaderMap) -> Result<BodyType, ApiError> {
 }
 
 /// Parse a JSON or YAML body into documents (YAML may hold several, separated by `---`).
-pub fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiError> {
+/// `kind` (apiVersion, kind) is what the endpoint takes: a protobuf body whose envelope
+/// leaves its type out is one of those.
+pub fn parse_documents(h: &HeaderMap, body: &[u8], kind: (&str, &str)) -> Result<Vec<Value>, ApiError> {
     let ty = body_type(h)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
@@ -102,8 +104,9 @@ pub fn parse_documents(h: &HeaderMap, body: &[u8]) -> Result<Vec<Value>, ApiErro
         }
         BodyType::Yaml => parse_yaml(body),
         BodyType::Protobuf => {
-            let v =
-                crate::protobuf::decode_body(body).map_err(|e| ApiError::bad_request(format!("unable to decode protobuf body: {e}")))?;
+            let (version, kind) = kind;
+            let v = crate::protobuf::decode_body(body, (version, kind))
+                .map_err(|e| ApiError::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {e}")))?;
             Ok(vec![v])
         }
         _ => Err(ApiError::new(415, "UnsupportedMediaType", "a patch content type is only accepted by PATCH")),
@@ -232,7 +235,7 @@ pub fn decode_value<T: Object>(value: Value, fv: FieldValidation) -> Result<Deco
 
 /// Decode a JSON or YAML body holding exactly one object.
 pub fn decode_body<T: Object>(h: &HeaderMap, body: &[u8], fv: FieldValidation) -> Result<Decoded<T>, ApiError> {
-    let mut docs = parse_documents(h, body)?;
+    let mut docs = parse_documents(h, body, (T::API_VERSION, T::KIND))?;
     if docs.len() != 1 {
         return Err(ApiError::bad_request(format!("expected one object, the body holds {}", docs.len())));
     }

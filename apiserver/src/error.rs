@@ -37,6 +37,20 @@ impl ApiError {
         *e.0 = e.0.as_ref().clone().with_details(&resource, name);
         e
     }
+    /// `409` with kube-apiserver's "Operation cannot be fulfilled on {what} "{name}": {why}".
+    pub fn conflict_because(what: &str, name: &str, why: &str) -> Self {
+        let mut e = Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {what} \"{name}\": {why}"));
+        *e.0 = e.0.as_ref().clone().with_details(what, name);
+        e
+    }
+    /// `409` for a write whose precondition failed at the store (a PUT whose `uid` is not
+    /// the stored object's), worded as kube-apiserver's etcd3 store words it, key included.
+    pub fn storage_precondition(kind: &str, name: &str, key: &str, why: &str) -> Self {
+        let why = format!(
+            "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {why}"
+        );
+        Self::conflict_because(&plural(kind), name, &why)
+    }
     pub fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Self {
         ApiError(Box::new(Status::invalid(kind, name, causes)))
     }
@@ -44,6 +58,14 @@ impl ApiError {
     pub fn invalid_options(kind: &str, field: &str, why: &str) -> Self {
         use pkg::api::CauseExt;
         ApiError::invalid(kind, "", vec![StatusCause::invalid(field, "", why)])
+    }
+    /// `422` for options kube-apiserver validates as `<Kind>Options.meta.k8s.io` (one cause).
+    pub fn invalid_meta_options(kind: &str, cause: StatusCause) -> Self {
+        let mut e = ApiError::invalid(&format!("{kind}.meta.k8s.io"), "", vec![cause]);
+        if let Some(d) = e.0.details.as_mut() {
+            (d.group, d.kind) = (Some("meta.k8s.io".into()), Some(kind.into()));
+        }
+        e
     }
     /// `504` for a `resourceVersion` the server has not reached, with the cause client-go's
     /// reflector looks for (it then lists without one).

@@ -14,6 +14,7 @@ use crate::watch;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use pkg::api::{CauseExt, StatusCause};
 use pkg::deletion::Propagation;
 use pkg::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
@@ -42,13 +43,53 @@ pub fn dry_run(p: &Params) -> Result<bool, ApiError> {
 }
 
 /// The request's dry-run flag and field manager (`?fieldManager=`, else its User-Agent's name).
-pub fn writer(r: &Req<'_>) -> Result<Write, ApiError> {
+pub fn writer(r: &Req<'_>, options: &str) -> Result<Write, ApiError> {
     let ua = r.headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let name = pkg::managedfields::manager_name(r.params.get("fieldManager").map(String::as_str), ua);
-    if name.len() > 128 {
-        return Err(ApiError::invalid_options("PatchOptions", "fieldManager", "must be at most 128 characters"));
-    }
+    check_manager(options, &name)?;
     Ok(Write::by(&name).dry(dry_run(r.params)?))
+}
+
+/// A field manager's name is at most 128 bytes, for every verb (apply included), checked
+/// as kube-apiserver's `ValidateFieldManager` checks `<options>` (`CreateOptions`,
+/// `UpdateOptions`, `PatchOptions`).
+pub fn check_manager(options: &str, name: &str) -> Result<(), ApiError> {
+    if name.len() > 128 {
+        let cause = StatusCause::cause("FieldValueTooLong", "Too long: may not be more than 128 bytes".into(), "fieldManager");
+        return Err(ApiError::invalid_meta_options(options, cause));
+    }
+    Ok(())
+}
+
+/// kube-apiserver's `checkName`: what a PUT or a PATCH writes must be the object its URL
+/// names. (A patch that removes `metadata` leaves a nameless object, which would
+/// otherwise be written over the stored one with its labels and annotations gone.)
+pub fn check_name<T: pkg::api::Object>(obj: &T, name: &str, ns: Option<&str>) -> Result<(), ApiError> {
+    if obj.name().is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+        )));
+    }
+    if obj.name() != name {
+        return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", obj.name())));
+    }
+    match (T::NAMESPACED, ns, obj.meta().namespace.as_deref()) {
+        (true, Some(ns), Some(given)) if !given.is_empty() && given != ns => {
+            Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A patch or an apply may not change `metadata.uid` (ValidateObjectMetaUpdate: 422).
+pub fn check_uid_unchanged<T: pkg::api::Object>(patched: &T, live: &T) -> Result<(), ApiError> {
+    match patched.uid() {
+        Some(uid) if !uid.is_empty() && Some(uid) != live.uid() => {
+            let cause = StatusCause::invalid("metadata.uid", format!("{uid:?}"), "field is immutable");
+            Err(ApiError::invalid(T::KIND, live.name(), vec![cause]))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Label and field selectors from the query string; a bad one is a 400.
@@ -83,7 +124,8 @@ pub async fn handle<T: Strategy + Printable>(api: &Api, method: &Method, r: Req<
         (Method::GET, Some(name), None | Some("status")) => Ok(codec::respond_obj(StatusCode::OK, r.out, &api.get::<T>(r.ns, name).await?)),
         (Method::PUT, Some(name), sub @ (None | Some("status"))) => {
             let d = codec::decode_body::<T>(r.headers, &r.body, FieldValidation::from_params(r.params)?)?;
-            let updated = api.update_opts::<T>(r.ns, name, d.obj, sub.is_some(), &writer(&r)?).await?;
+            check_name(&d.obj, name, r.ns)?;
+            let updated = api.update_opts::<T>(r.ns, name, d.obj, sub.is_some(), &writer(&r, "UpdateOptions")?).await?;
             Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &updated), &d.warnings))
         }
         (Method::PATCH, Some(name), sub @ (None | Some("status"))) => patch::<T>(api, name, sub.is_some(), &r).await,
@@ -165,9 +207,9 @@ fn json_list<T: Strategy>(metadata: &Value, items: &[std::sync::Arc<crate::cache
 }
 
 async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
-    let w = writer(r)?;
+    let w = writer(r, "CreateOptions")?;
     let fv = FieldValidation::from_params(r.params)?;
-    let docs = codec::parse_documents(r.headers, &r.body)?;
+    let docs = codec::parse_documents(r.headers, &r.body, (T::API_VERSION, T::KIND))?;
     if docs.len() == 1 {
         let d = codec::decode_value::<T>(docs.into_iter().next().unwrap_or_default(), fv)?;
         let created = api.create_opts::<T>(r.ns, d.obj, &w).await?;
@@ -207,7 +249,7 @@ pub fn apply_patch<T: pkg::api::Object>(ty: BodyType, doc: &mut Value, body: &[u
         BodyType::MergePatch => pkg::patch::merge_patch(doc, &patch),
         BodyType::StrategicMergePatch => {
             *doc = pkg::patch::strategic_merge(doc, &patch, &pkg::patch::patch_meta(T::KIND))
-                .map_err(|e| ApiError::bad_request(format!("invalid strategic merge patch: {e}")))?;
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
         BodyType::JsonPatch => {
             let ops: json_patch::Patch =
@@ -236,7 +278,7 @@ async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: 
     if r.params.contains_key("force") {
         return Err(ApiError::invalid_options("PatchOptions", "force", "may not be specified for non-apply patch"));
     }
-    let w = writer(r)?;
+    let w = writer(r, "PatchOptions")?;
     let fv = FieldValidation::from_params(r.params)?;
     for _ in 0..5 {
         let current = api.get::<T>(r.ns, name).await?;
@@ -244,6 +286,8 @@ async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: 
         apply_patch::<T>(ty, &mut doc, &r.body)?;
         let pinned = doc["metadata"]["resourceVersion"] != json!(current.meta().resource_version);
         let patched = codec::decode_value::<T>(doc, fv)?;
+        check_name(&patched.obj, name, r.ns)?;
+        check_uid_unchanged(&patched.obj, &current)?;
         match api.update_opts::<T>(r.ns, name, patched.obj, status, &w).await {
             Err(e) if e.code() == 409 && !pinned => continue,
             res => return Ok(codec::with_warnings(codec::respond_obj(StatusCode::OK, r.out, &res?), &patched.warnings)),
@@ -257,7 +301,7 @@ pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOp
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        let mut docs = codec::parse_documents(h, body)?;
+        let mut docs = codec::parse_documents(h, body, ("meta.k8s.io/v1", "DeleteOptions"))?;
         if docs.len() != 1 || !docs[0].is_object() {
             return Err(ApiError::bad_request("the DELETE body must be one DeleteOptions object"));
         }

@@ -280,6 +280,13 @@ impl Api {
             if wanted_rv.as_ref().is_some_and(|rv| *rv != old_rv) {
                 return Err(ApiError::conflict(T::KIND, name));
             }
+            // A uid in the new object is a precondition (kube-apiserver's
+            // defaultUpdatedObjectInfo): a write meant for an object deleted and made again
+            // under the same name fails instead of landing on the new one.
+            if let Some(uid) = new.uid().filter(|u| !u.is_empty() && Some(*u) != old.uid()) {
+                let why = format!("UID in precondition: {uid}, UID in object meta: {}", old.uid().unwrap_or_default());
+                return Err(ApiError::storage_precondition(T::KIND, name, &key, &why));
+            }
             let mut o = new.clone();
             {
                 let (m, om) = (o.meta_mut(), old.meta());
@@ -433,10 +440,8 @@ impl Api {
         for _ in 0..RETRIES {
             let old: T = self.get(ns, name).await?;
             let rv = old.meta().resource_version.clone().unwrap_or_default();
-            if opts.precondition_rv.as_ref().is_some_and(|p| *p != rv)
-                || opts.precondition_uid.as_ref().is_some_and(|u| Some(u.as_str()) != old.uid())
-            {
-                return Err(ApiError::conflict(T::KIND, name));
+            if let Some(why) = opts.failed_precondition(&old) {
+                return Err(ApiError::conflict_because(&pkg::api::group_kind::<T>(), name, &why));
             }
             let mut marked = old.clone();
             let outcome = if marked.begin_graceful_delete(opts.grace) {
@@ -494,6 +499,23 @@ pub struct DeleteOpts {
     pub precondition_uid: Option<String>,
     pub dry_run: bool,
     pub propagation: Option<Propagation>,
+}
+
+impl DeleteOpts {
+    /// Why the stored object fails this delete's preconditions, as kube-apiserver's
+    /// `rest.BeforeDelete` words it; `None`: it passes.
+    fn failed_precondition<T: Object>(&self, stored: &T) -> Option<String> {
+        let (uid, rv) = (stored.uid().unwrap_or_default(), stored.meta().resource_version.as_deref().unwrap_or_default());
+        match (&self.precondition_uid, &self.precondition_rv) {
+            (Some(p), _) if p != uid => Some(format!(
+                "the UID in the precondition ({p}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+            )),
+            (_, Some(p)) if p != rv => Some(format!(
+                "the ResourceVersion in the precondition ({p}) does not match the ResourceVersion in record ({rv}). The object might have been modified"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// A random (version 4) UUID for `metadata.uid`.

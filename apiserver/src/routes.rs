@@ -184,7 +184,9 @@ async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &Header
             // A create names its node in the body.
             let named = match t.name.as_deref() {
                 Some(n) => Some(n.to_string()),
-                None => codec::parse_documents(h, &body).ok().and_then(|d| d.first()?["metadata"]["name"].as_str().map(String::from)),
+                None => codec::parse_documents(h, &body, ("v1", "Node"))
+                    .ok()
+                    .and_then(|d| d.first()?["metadata"]["name"].as_str().map(String::from)),
             };
             crate::noderestriction::admit(user, method, named.as_deref(), t.sub.as_deref())?;
         }
@@ -220,7 +222,7 @@ async fn dispatch(api: &Api, method: &Method, t: &Target, p: &Params, h: &Header
 
 /// `kubectl auth can-i`: ownkube has no authorization, so every review is allowed.
 fn self_subject_access_review(h: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
-    let mut review = codec::parse_documents(h, body)?.remove(0);
+    let mut review = codec::parse_documents(h, body, ("authorization.k8s.io/v1", "SelfSubjectAccessReview"))?.remove(0);
     if review.get("kind").and_then(Value::as_str).is_some_and(|k| k != "SelfSubjectAccessReview") {
         return Err(ApiError::bad_request("the body must be a SelfSubjectAccessReview"));
     }

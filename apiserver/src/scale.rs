@@ -49,6 +49,7 @@ pub async fn handle<T: Strategy>(api: &Api, method: &Method, name: &str, r: &Req
     let mut updated = current.clone();
     updated.meta_mut().resource_version = wanted.metadata.resource_version.clone().filter(|rv| !rv.is_empty() && *method == Method::PUT);
     updated.set_replicas(replicas);
-    let written = api.update_opts::<T>(r.ns, name, updated, false, &writer(r)?).await?;
+    let options = if *method == Method::PUT { "UpdateOptions" } else { "PatchOptions" };
+    let written = api.update_opts::<T>(r.ns, name, updated, false, &writer(r, options)?).await?;
     Ok(respond(r.out, &scale_of(&written)?))
 }

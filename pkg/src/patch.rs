@@ -76,6 +76,10 @@ pub enum PatchError {
     NotAList(String),
     #[error("an element of {0} lacks its merge key {1:?}")]
     MissingMergeKey(String, String),
+    /// `$retainKeys` that is not a list, or that leaves out a key the patch itself sets
+    /// (apimachinery's `ErrBadPatchFormatForRetainKeys`, worded as it is).
+    #[error("invalid patch format of retainKeys")]
+    BadRetainKeys,
 }
 
 use ListStrategy::{MergeByKey, MergePrimitives};
@@ -160,6 +164,7 @@ fn merge_map(
         Some("replace") => return Ok(Some(without_directives(p))),
         Some(other) => return Err(PatchError::UnknownDirective(other.to_string(), path.to_string())),
     }
+    retain_keys(&mut o, p)?;
     for (k, v) in p {
         if let Some(list) = k.strip_prefix("$deleteFromPrimitiveList/") {
             let drop: Vec<&Value> = v.as_array().map(|a| a.iter().collect()).unwrap_or_default();
@@ -176,10 +181,20 @@ fn merge_map(
             reorder(items, order.as_array().map(Vec::as_slice).unwrap_or_default(), strategy);
         }
     }
-    if let Some(Value::Array(keep)) = p.get("$retainKeys") {
-        o.retain(|k, _| keep.iter().any(|r| r.as_str() == Some(k)));
-    }
     Ok(Some(o))
+}
+
+/// `$retainKeys`: before the patch is merged, the original keeps only the keys listed,
+/// and every key the patch sets (other than to null, or by a directive) must be listed.
+fn retain_keys(o: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), PatchError> {
+    let Some(keep) = p.get("$retainKeys") else { return Ok(()) };
+    let keep = keep.as_array().ok_or(PatchError::BadRetainKeys)?;
+    let listed = |k: &str| keep.iter().any(|r| r.as_str() == Some(k));
+    if p.iter().any(|(k, v)| !k.starts_with('$') && !v.is_null() && !listed(k)) {
+        return Err(PatchError::BadRetainKeys);
+    }
+    o.retain(|k, _| listed(k));
+    Ok(())
 }
 
 /// Merge one key of a patch map into the original map.
@@ -354,6 +369,19 @@ mod tests {
         assert_eq!(out["metadata"]["finalizers"], json!(["b"]));
         let out = smp("Deployment", o, json!({"metadata": {"labels": {"x": null}}}));
         assert_eq!(out["metadata"]["labels"], json!({}));
+    }
+
+    #[test]
+    fn retain_keys_must_be_a_list_naming_what_the_patch_sets() {
+        let m = patch_meta("Pod");
+        let o = json!({"metadata": {"name": "p", "labels": {"a": "1"}, "annotations": {"b": "2"}}});
+        let bad = |patch: Value| strategic_merge(&o, &patch, &m);
+        assert_eq!(bad(json!({"metadata": {"$retainKeys": ["name"], "labels": {"n": "1"}}})), Err(PatchError::BadRetainKeys));
+        assert_eq!(bad(json!({"metadata": {"$retainKeys": "notalist"}})), Err(PatchError::BadRetainKeys));
+        // Listed keys are kept and merged; a key set to null or by a directive need not be listed.
+        let out =
+            smp("Pod", o.clone(), json!({"metadata": {"$retainKeys": ["name", "labels"], "labels": {"n": "1"}, "annotations": null}}));
+        assert_eq!(out["metadata"], json!({"name": "p", "labels": {"a": "1", "n": "1"}}));
     }
 
     #[test]

@@ -73,10 +73,19 @@ pub enum ProtoError {
     UnknownKind(String),
     #[error("field {field} of {message} is not valid UTF-8")]
     NotUtf8 { message: &'static str, field: &'static str },
+    /// Field number 0, which no message has (Go's generated decoders say the same).
+    #[error("proto: illegal tag 0 (wire type {0})")]
+    IllegalTag(u64),
+    /// A field the schema knows, sent with a wire type it cannot have.
+    #[error("proto: wrong wireType = {wire} for field {field}")]
+    WrongWireType { wire: u8, field: &'static str },
 }
 
 /// Decode a `k8s\0` + `runtime.Unknown` body into the object's JSON form.
-pub fn decode_body(body: &[u8]) -> Result<Value, ProtoError> {
+/// Decode a `k8s\0` + `runtime.Unknown` body into the object's JSON form. An envelope
+/// whose TypeMeta is empty holds the kind the endpoint serves (`default`: apiVersion,
+/// kind), as kube-apiserver's decoder fills in the defaults it was given.
+pub fn decode_body(body: &[u8], default: (&str, &str)) -> Result<Value, ProtoError> {
     let rest = body.strip_prefix(MAGIC).ok_or(ProtoError::NoMagic)?;
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
     let mut r = Reader::new(rest);
@@ -88,13 +97,22 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ProtoError> {
                     match (f, wt) {
                         (1, WireType::Len) => api_version = utf8(tm.bytes()?, "TypeMeta", "apiVersion")?,
                         (2, WireType::Len) => kind = utf8(tm.bytes()?, "TypeMeta", "kind")?,
+                        (1 | 2, wt) => return Err(ProtoError::WrongWireType { wire: wt as u8, field: "TypeMeta" }),
                         (_, wt) => tm.skip(wt)?,
                     }
                 }
             }
             (2, WireType::Len) => raw = r.bytes()?,
+            (1, wt) => return Err(ProtoError::WrongWireType { wire: wt as u8, field: "TypeMeta" }),
+            (2, wt) => return Err(ProtoError::WrongWireType { wire: wt as u8, field: "Raw" }),
             (_, wt) => r.skip(wt)?,
         }
+    }
+    if api_version.is_empty() {
+        api_version = default.0.to_string();
+    }
+    if kind.is_empty() {
+        kind = default.1.to_string();
     }
     let name = message_name(&api_version, &kind).ok_or_else(|| ProtoError::UnknownKind(format!("{api_version} {kind}")))?;
     let msg = find(&name).ok_or(ProtoError::UnknownKind(name))?;
@@ -193,11 +211,16 @@ fn scalar(r: &mut Reader, ty: &Ty, message: &'static str, field: &'static str) -
 
 /// One field's value, of its wire type.
 fn value(r: &mut Reader, wt: WireType, ty: &Ty, message: &'static str, field: &'static str) -> Result<Value, ProtoError> {
-    if matches!(ty, Ty::I32 | Ty::I64 | Ty::Bool | Ty::F64) {
-        return scalar(r, ty, message, field);
+    let expected = match ty {
+        Ty::I32 | Ty::I64 | Ty::Bool => WireType::Varint,
+        Ty::F64 => WireType::Fixed64,
+        _ => WireType::Len,
+    };
+    if wt != expected {
+        return Err(ProtoError::WrongWireType { wire: wt as u8, field });
     }
-    if wt != WireType::Len {
-        return Err(ProtoError::Malformed("a length-delimited field has another wire type"));
+    if expected != WireType::Len {
+        return scalar(r, ty, message, field);
     }
     let b = r.bytes()?;
     Ok(match ty {
@@ -261,9 +284,22 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_errors_not_panics() {
-        assert!(matches!(decode_body(b"{}"), Err(ProtoError::NoMagic)));
+        const CM: (&str, &str) = ("v1", "ConfigMap");
+        assert!(matches!(decode_body(b"{}", CM), Err(ProtoError::NoMagic)));
         for junk in [&b"k8s\0\x0a"[..], b"k8s\0\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"k8s\0\x12\x05ab"] {
-            assert!(decode_body(junk).is_err(), "{junk:?}");
+            assert!(decode_body(junk, CM).is_err(), "{junk:?}");
+        }
+        // Field number 0, in the envelope or in the object; Raw sent as a varint.
+        assert!(matches!(decode_body(b"k8s\0\x00\x01", CM), Err(ProtoError::IllegalTag(0))));
+        assert!(matches!(decode_body(b"k8s\0\x12\x02\x00\x01", CM), Err(ProtoError::IllegalTag(0))));
+        assert!(matches!(decode_body(b"k8s\0\x10\x05", CM), Err(ProtoError::WrongWireType { wire: 0, field: "Raw" })));
+    }
+
+    #[test]
+    fn an_empty_type_meta_is_the_endpoints_kind() {
+        // No TypeMeta at all (a bare `k8s\0`), and an empty one: a ConfigMap with no fields.
+        for body in [&b"k8s\0"[..], b"k8s\0\x0a\x00"] {
+            assert_eq!(decode_body(body, ("v1", "ConfigMap")).unwrap(), json!({"apiVersion": "v1", "kind": "ConfigMap"}), "{body:?}");
         }
     }
 }

@@ -8,10 +8,10 @@ use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireType {
-    Varint,
-    Fixed64,
-    Len,
-    Fixed32,
+    Varint = 0,
+    Fixed64 = 1,
+    Len = 2,
+    Fixed32 = 5,
 }
 
 /// A cursor over a message's bytes; every read checks the bounds.
@@ -74,6 +74,9 @@ impl<'a> Reader<'a> {
             _ => return Err(ProtoError::Malformed("unsupported wire type (groups are not used by Kubernetes)")),
         };
         let n = u32::try_from(k >> 3).map_err(|_| ProtoError::Malformed("field number too large"))?;
+        if n == 0 {
+            return Err(ProtoError::IllegalTag(k & 7));
+        }
         Ok(Some((n, wt)))
     }
 

@@ -64,6 +64,15 @@ impl Scope for k8s_openapi::SubResourceScope {
 
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
+/// A kind qualified by its group, as kube-apiserver names it in messages: `Pod`,
+/// `Deployment.apps`.
+pub fn group_kind<T: Resource>() -> String {
+    match T::GROUP {
+        "" => T::KIND.to_string(),
+        g => format!("{}.{g}", T::KIND),
+    }
+}
+
 /// What every stored kind has in common; the apiserver's generic handlers work on this.
 /// `KIND` (`Pod`), `API_VERSION` (`v1`, `apps/v1`) and `GROUP` come from k8s-openapi's
 /// [`Resource`]; every k8s-openapi kind with an `ObjectMeta` is an `Object`.
