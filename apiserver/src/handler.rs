@@ -209,15 +209,14 @@ fn json_list<T: Strategy>(metadata: &Value, items: &[std::sync::Arc<crate::cache
 async fn create<T: Strategy + Printable>(api: &Api, r: &Req<'_>) -> Result<Response, ApiError> {
     let w = writer(r, "CreateOptions")?;
     let fv = FieldValidation::from_params(r.params)?;
-    let docs = codec::parse_documents(r.headers, &r.body, (T::API_VERSION, T::KIND))?;
-    if docs.len() == 1 {
-        let d = codec::decode_value::<T>(docs.into_iter().next().unwrap_or_default(), fv)?;
+    let mut decoded = codec::decode_documents::<T>(r.headers, &r.body, fv)?;
+    if decoded.len() == 1 {
+        let d = decoded.remove(0);
         let created = api.create_opts::<T>(r.ns, d.obj, &w).await?;
         return Ok(codec::with_warnings(codec::respond_obj(StatusCode::CREATED, r.out, &created), &d.warnings));
     }
     // Several YAML documents (an ownkube convenience for `curl --data-binary @file`): all
     // are decoded, validated and dry-run created before any is written.
-    let decoded: Vec<codec::Decoded<T>> = docs.into_iter().map(|d| codec::decode_value(d, fv)).collect::<Result<_, _>>()?;
     let warnings: Vec<String> = decoded.iter().flat_map(|d| d.warnings.clone()).collect();
     for d in &decoded {
         api.create_opts::<T>(r.ns, d.obj.clone(), &w.clone().dry(true)).await?;

@@ -185,12 +185,14 @@ impl Api {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
         obj.prepare_create();
-        track(None, &mut obj, w, None)?;
         let name = obj.name().to_string();
+        // Validated before its managedFields are worked out: that costs in proportion to
+        // the object's fields, and what will be refused need not cost it.
         let causes = obj.validate(&self.cfg);
         if !causes.is_empty() {
             return Err(ApiError::invalid(T::KIND, &name, causes));
         }
+        track(None, &mut obj, w, None)?;
         let ns = obj.meta().namespace.clone();
         let key = storage::key::<T>(ns.as_deref(), &name);
         // The namespace must exist and not be Terminating, and still be at this revision
@@ -306,7 +308,6 @@ impl Api {
             } else {
                 o.prepare_update(&old)
             };
-            track(Some(&old), &mut o, w, status_only.then_some("status"))?;
             causes.extend(o.validate(&self.cfg));
             let added = deletion::added_finalizers(old.meta(), o.meta());
             if !added.is_empty() {
@@ -319,6 +320,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(T::KIND, name, causes));
             }
+            track(Some(&old), &mut o, w, status_only.then_some("status"))?;
             let held: HashSet<String> = self.held(&old)?.into_iter().collect();
             let claims = self.claims_for(&mut o, Some(&old), &taken)?;
             o.meta_mut().resource_version = Some(old_rv.clone());

@@ -185,3 +185,14 @@ async fn protobuf_envelopes_are_read_as_kube_apiserver_reads_them() {
         assert!(st["message"].as_str().unwrap_or("").contains(says), "{body:?}: {st}");
     }
 }
+
+/// Finding 5 (its memory is measured by `scripts/bench memory`): a ConfigMap of 200,000
+/// keys is refused, as kube-apiserver words it, before its managedFields are worked out.
+#[tokio::test]
+async fn a_configmap_of_200000_keys_is_too_long() {
+    let c = Cluster::start().await;
+    let data: serde_json::Map<String, Value> = (0..200_000).map(|i| (format!("k{i:06}"), json!("v"))).collect();
+    let (code, st) = c.post(CMS, &json!({"metadata": {"name": "big"}, "data": data})).await;
+    assert_eq!((code, st["details"]["causes"][0]["field"].as_str()), (422, Some("[]")), "{}", st["message"]);
+    assert_eq!(st["message"], "ConfigMap \"big\" is invalid: []: Too long: may not be more than 1048576 bytes");
+}

@@ -9,12 +9,12 @@
 //! k8s.io/apiserver/pkg/endpoints/handlers/rest.go (fieldValidation)
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
-/// Decode `value` into `T`, returning the paths of the fields `T` does not have.
-pub fn decode_reporting_unknown<T: DeserializeOwned>(value: Value) -> Result<(T, Vec<String>), serde_json::Error> {
+/// Decode into `T` from any deserializer (a `Value`, or JSON bytes straight away),
+/// returning the paths of the fields `T` does not have.
+pub fn decode_reporting_unknown<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(d: D) -> Result<(T, Vec<String>), D::Error> {
     let mut unknown = vec![];
-    let obj = serde_ignored::deserialize(value, |path| unknown.push(render(&path)))?;
+    let obj = serde_ignored::deserialize(d, |path| unknown.push(render(&path)))?;
     Ok((obj, unknown))
 }
 
@@ -51,7 +51,7 @@ mod tests {
                                      "ports": [{"containerPort": 80, "hostPorts": 1}]}],
                      "dnsPolicy": "ClusterFirst"}
         });
-        let (pod, unknown) = decode_reporting_unknown::<Pod>(body).unwrap();
+        let (pod, unknown) = decode_reporting_unknown::<Pod, _>(body).unwrap();
         assert_eq!(unknown, ["metadata.colour", "spec.containers[0].imagePullPolcy", "spec.containers[0].ports[0].hostPorts"]);
         assert_eq!(pod.spec.unwrap().dns_policy.as_deref(), Some("ClusterFirst"));
     }
@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn labels_are_data_not_fields() {
         let body = serde_json::json!({"metadata": {"name": "web", "labels": {"anything": "goes"}}});
-        let (_, unknown) = decode_reporting_unknown::<Pod>(body).unwrap();
+        let (_, unknown) = decode_reporting_unknown::<Pod, _>(body).unwrap();
         assert!(unknown.is_empty());
     }
 }
