@@ -186,15 +186,57 @@ def watch_lines(path, query=""):
             time.sleep(0.5)
 
 
+# Churn, for a load that only creates (issue "Density: pods are deleted"): every pod's
+# owner, the live pods of each ReplicaSet (not deleted, not being deleted) against its
+# spec.replicas, the most it ever had above them, and every ReplicaSet made.
+owner_of = {}  # pod name -> its controller's uid
+live = {}  # ReplicaSet uid -> names of its live pods
+replicas_of = {}  # ReplicaSet uid -> spec.replicas
+most_above = {}  # ReplicaSet uid -> the most live pods above spec.replicas, ever
+deleted = {"marked": 0, "gone": 0}
+
+
+def count_live(name, p, alive):
+    """File a pod under its ReplicaSet; call with the lock held."""
+    refs = [r for r in p["metadata"].get("ownerReferences") or [] if r.get("controller")]
+    if not refs:
+        return
+    uid = owner_of.setdefault(name, refs[0]["uid"])
+    pods_of = live.setdefault(uid, set())
+    (pods_of.add if alive else pods_of.discard)(name)
+    if uid in replicas_of:
+        most_above[uid] = max(most_above.get(uid, 0), len(pods_of) - replicas_of[uid])
+
+
+def watch_replicasets():
+    for _, ev in watch_lines("/apis/apps/v1/replicasets", "labelSelector=group%3Ddensity"):
+        rs = ev["object"]
+        if ev["type"] in ("ADDED", "MODIFIED"):
+            with lock:
+                uid = rs["metadata"]["uid"]
+                replicas_of[uid] = (rs.get("spec") or {}).get("replicas", 1)
+                most_above[uid] = max(most_above.get(uid, 0), len(live.get(uid, ())) - replicas_of[uid])
+
+
 def watch_pods():
     from datetime import datetime
     for at, ev in watch_lines("/api/v1/pods", "labelSelector=group%3Ddensity"):
-        if ev["type"] not in ("ADDED", "MODIFIED"):
-            continue
         p = ev["object"]
         name = p["metadata"]["namespace"] + "/" + p["metadata"]["name"]
+        if ev["type"] == "DELETED":
+            with lock:
+                deleted["gone"] += 1
+                count_live(name, p, False)
+            continue
+        if ev["type"] not in ("ADDED", "MODIFIED"):
+            continue
         with lock:
+            marked = bool(p["metadata"].get("deletionTimestamp"))
+            if marked and not pods.get(name, {}).get("marked"):
+                deleted["marked"] += 1
+            count_live(name, p, not marked)
             rec = pods.setdefault(name, {"seen": at})
+            rec["marked"] = marked
             if "created" not in rec:
                 ts = p["metadata"].get("creationTimestamp")
                 rec["created"] = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else at
@@ -244,6 +286,9 @@ def deployment(i):
                                                        "ports": [{"containerPort": 8080}]}]}}}}
 
 
+created = {"deployments": 0}
+
+
 def create_load():
     count = (TOTAL + args.replicas - 1) // args.replicas
     every = args.replicas / args.rate
@@ -254,6 +299,7 @@ def create_load():
         if i == count - 1 and TOTAL % args.replicas:
             d["spec"]["replicas"] = TOTAL % args.replicas
         code, body = req("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", d)
+        created["deployments"] += code == 201
         if code != 201:
             print(f"deployment {name}: {code} {body}", file=sys.stderr)
         svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
@@ -356,6 +402,20 @@ def svg(path, result):
 
 
 # ---- the run -----------------------------------------------------------------------------
+def churn_of():
+    """What the load made and unmade, from the watches and the ReplicaSet controller's events."""
+    deletes = 0
+    for ns in NAMESPACES:
+        _, evs = req("GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3DSuccessfulDelete")
+        deletes += sum(e.get("count") or 1 for e in (evs or {}).get("items", []))
+    with lock:
+        above = sorted(((n, u) for u, n in most_above.items() if n > 0), reverse=True)
+        return {"deployments_created": created["deployments"], "replicasets_made": len(replicas_of), "pods_created": len(pods),
+                "pods_marked_for_deletion": deleted["marked"], "pods_deleted": deleted["gone"],
+                "replicaset_controller_deletes": deletes, "most_pods_above_replicas": max(most_above.values(), default=0),
+                "replicasets_above_replicas": [{"uid": u, "above": n} for n, u in above]}
+
+
 def main():
     print(f"density: {args.nodes} hollow nodes x {args.pods_per_node} pods = {TOTAL} pods in {len(NAMESPACES)} namespaces, Deployments of {args.replicas} "
           f"(one Service each) at {args.rate:g} pods/s; proxies on {args.proxies} nodes ({args.proxy_mode}, min sync {args.min_sync_ms} ms); work dir {work}")
@@ -366,7 +426,7 @@ def main():
     for ns in [NS] + NAMESPACES:
         req("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
     req("POST", f"/api/v1/namespaces/{NS}/configmaps", {"metadata": {"name": "probe"}, "data": {}})
-    for target in (watch_pods, watch_probe):
+    for target in (watch_pods, watch_probe, watch_replicasets):
         threading.Thread(target=target, daemon=True).start()
     time.sleep(1)
     threading.Thread(target=probe_writer, args=(stop,), daemon=True).start()
@@ -398,7 +458,9 @@ def main():
         to_started = [r["started"] - r["scheduled"] for r in pods.values() if "started" in r and "scheduled" in r]
         to_seen = [r["running"] - r["started"] for r in pods.values() if "started" in r]
     rows = api_latency(before, after)
+    churn = churn_of()
     result = {
+        "churn": churn,
         "nodes": args.nodes, "pods": TOTAL, "namespaces": len(NAMESPACES), "pods_running": len(startup), "rate_pods_per_s": args.rate,
         "replicas_per_deployment": args.replicas, "proxy_mode": args.proxy_mode, "proxies": args.proxies, "proxy_min_sync_ms": args.min_sync_ms,
         "nodes_ready_s": nodes_secs, "create_phase_s": create_secs, "until_all_running_s": all_secs,
@@ -429,6 +491,18 @@ def main():
         print(f"| &nbsp; of which {label} | {st['p50_ms']:.0f} ms | {st['p90_ms']:.0f} ms | {st['p99_ms']:.0f} ms | |")
     pc = result["pod_startup_from_creation_timestamp"]
     print(f"| pod startup (creationTimestamp, whole s -> running) | {pc['p50_ms']:.0f} ms | | {pc['p99_ms']:.0f} ms | |")
+    c = churn
+    print(f"\n| churn (a load that only creates) | count | expected |\n|---|---|---|")
+    for label, key, want in (("Deployments created", "deployments_created", TOTAL // args.replicas),
+                             ("ReplicaSets made", "replicasets_made", TOTAL // args.replicas),
+                             ("pods created (distinct names)", "pods_created", TOTAL),
+                             ("pods marked for deletion", "pods_marked_for_deletion", 0),
+                             ("pods deleted (gone)", "pods_deleted", 0),
+                             ("  of which the ReplicaSet controller deleted (SuccessfulDelete events)", "replicaset_controller_deletes", 0),
+                             ("most pods a ReplicaSet had above its replicas", "most_pods_above_replicas", 0)):
+        print(f"| {label} | {c[key]} | {want} |")
+    if c["replicasets_above_replicas"]:
+        print(f"ReplicaSets that went above their replicas: {c['replicasets_above_replicas'][:10]}")
     wl = result["watch_lag"]
     print(f"| watch delivery lag ({wl['samples']} probes, {args.nodes + 1} watchers) | {wl['p50_ms']:.1f} ms | | {wl['p99_ms']:.1f} ms | max {wl['max_ms']:.0f} ms |")
     print(f"\n| API call (verb resource/subresource, scope) | count | p50 ms | p99 ms | SLO |\n|---|---|---|---|---|")
