@@ -148,8 +148,12 @@ impl Runtime {
             mkfifo(&p).map_err(err)?;
             Ok(Some(p))
         };
-        // With a terminal, the shim copies the console to stdout only.
-        let (i, o, e) = (path("stdin", r.stdin)?, path("stdout", r.stdout)?, path("stderr", r.stderr && !r.tty)?);
+        // With a terminal, the shim copies the console to stdout only. Without one, it
+        // needs both output pipes or neither (given one, it fails opening the other's ""),
+        // so, as containerd's CRI does, both are made and what was not asked for is
+        // read and dropped ([`drain`]).
+        let both = !r.tty && (r.stdout || r.stderr);
+        let (i, o, e) = (path("stdin", r.stdin)?, path("stdout", r.stdout || both)?, path("stderr", (r.stderr && !r.tty) || both)?);
         let opens = (
             i.clone().map(|p| FifoOpen::start(p, true)),
             o.clone().map(|p| FifoOpen::start(p, false)),
@@ -187,7 +191,20 @@ impl Runtime {
             }
         };
         let (stdin, stdout, stderr) = (join(opens.0).await?, join(opens.1).await?, join(opens.2).await?);
+        let (stdout, stderr) = (drain(stdout, r.stdout), drain(stderr, r.stderr && !r.tty));
         Ok(ExecSession { stdin, stdout, stderr, exit: Some(exit), rt: self.clone(), container: container.into(), exec_id, dir })
+    }
+}
+
+/// A pipe the client asked for, or `None` for one it did not, which is read to its end
+/// and dropped (a pipe nobody reads would block the command once it is full).
+fn drain(pipe: Option<File>, wanted: bool) -> Option<File> {
+    match pipe {
+        Some(mut f) if !wanted => {
+            tokio::spawn(async move { tokio::io::copy(&mut f, &mut tokio::io::sink()).await });
+            None
+        }
+        p => p,
     }
 }
 

@@ -145,6 +145,11 @@ pub async fn handle(
     if sub == "portforward" {
         return portforward::handle(kind, base, ns, name, &query, req).await;
     }
+    // kube-apiserver's PodExecOptions / PodAttachOptions validation.
+    let asked = |k: &str| pkg::remotecommand::query_bool(first(k).as_deref());
+    if !asked("stdin") && !asked("stdout") && !asked("stderr") {
+        return Err(ApiError::bad_request("you must specify at least 1 of stdin, stdout, stderr"));
+    }
     let container = container_of(&pod, first("container").as_deref())?;
     let agent_url = format!("{base}/{sub}/{ns}/{name}/{container}?{}", encode(&query, &["container"]));
     match kind {

@@ -65,6 +65,23 @@ def exec_output():
     assert out.strip() == pod, repr(out)
 
 
+def exec_without_stderr():
+    """The channel numbers are fixed whatever a client asks for: without stderr, stdout
+    still comes (and what the command writes to stderr is not sent)."""
+    cmd = ["sh", "-c", "for i in 1 2 3; do echo line$i; done; echo oops >&2"]
+    out = stream(api.connect_get_namespaced_pod_exec, pod, ns, command=cmd, stderr=False, stdin=False, stdout=True, tty=False)
+    assert out == "line1\nline2\nline3\n", repr(out)
+    err = stream(api.connect_get_namespaced_pod_exec, pod, ns, command=cmd, stderr=True, stdin=False, stdout=False, tty=False)
+    assert err == "oops\n", repr(err)
+    # No stream at all is refused before anything runs, as kube-apiserver refuses it.
+    try:
+        stream(api.connect_get_namespaced_pod_exec, pod, ns, command=cmd, stderr=False, stdin=False, stdout=False, tty=False)
+    except Exception as e:
+        assert "400" in str(e) and "you must specify at least 1 of stdin, stdout, stderr" in str(e), str(e)
+    else:
+        raise AssertionError("an exec with no stream was not refused")
+
+
 def exec_exit_code():
     resp = stream(api.connect_get_namespaced_pod_exec, pod, ns, command=["sh", "-c", "echo x; exit 7"],
                   stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
@@ -90,6 +107,7 @@ def port_forward():
 
 for what, fn in [("list and read nodes (every nodeInfo field)", nodes), ("informer: list, then watch from its resourceVersion", informer),
                  ("json, strategic, merge patches and server-side apply", patches), ("stream() exec: output", exec_output),
+                 ("stream() exec: stdout without stderr, and stderr without stdout", exec_without_stderr),
                  ("stream() exec: the exit code", exec_exit_code), ("port-forward: an HTTP answer from the pod", port_forward)]:
     t = threading.Thread(target=check, args=(what, fn), daemon=True)
     t.start()
@@ -97,5 +115,5 @@ for what, fn in [("list and read nodes (every nodeInfo field)", nodes), ("inform
     if t.is_alive():
         failed += 1
         print(f"FAIL - {what}: timed out")
-print(f"{6 - failed} passed, {failed} failed")
+print(f"{7 - failed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
