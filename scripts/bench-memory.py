@@ -3,8 +3,8 @@
 
 Starts a real etcd and the release apiserver as processes of their own (so that their
 RSS is theirs alone), then sends, ten times each, a ConfigMap body of 200,000 keys
-(~2.8 MB, refused as too long) as JSON and as protobuf, and a 1.6 MB pod that etcd
-refuses (413). /proc/<pid>/status is read every 5 ms meanwhile: the idle RSS, the
+(~2.8 MB, refused as too large to store: 413) as JSON and as protobuf, and a 1.6 MB pod
+too large for etcd (413). /proc/<pid>/status is read every 5 ms meanwhile: the idle RSS, the
 peak over idle per body byte, and the RSS 5 s after the requests. Targets (issue
 "Hardening II"): peak <= 20x the body size over idle; RSS after <= idle + 50 MB.
 Prints a table and writes results/memory.json. Asserts nothing: it measures.
@@ -120,7 +120,7 @@ def main():
             {"name": "BLOB", "value": "x" * (1600 * 1024)}]}]}}, separators=(",", ":")).encode()
         cases = [("200,000 keys, JSON", "configmaps", big_json, "application/json"),
                  ("200,000 keys, protobuf", "configmaps", big_proto, "application/vnd.kubernetes.protobuf"),
-                 ("1.6 MB pod etcd refuses", "pods", etcd_refuses, "application/json")]
+                 ("1.6 MB pod, too large", "pods", etcd_refuses, "application/json")]
         rows = []
         print(f"{'body':<28} {'bytes':>10} {'codes':>10} {'idle MB':>8} {'peak MB':>8} {'peak/body':>9} {'after MB':>9}")
         for name, resource, body, ctype in cases:

@@ -68,7 +68,7 @@ pub async fn apply<T: Strategy + Printable>(api: &Api, name: &str, status: bool,
         Some(v) => return Err(ApiError::bad_request(format!("force: invalid value {v:?}"))),
     };
     let fv = FieldValidation::from_params(r.params)?;
-    let w = Write { dry_run: dry_run(r.params)?, fields: Fields::Applied };
+    let w = Write { dry_run: dry_run(r.params, "PatchOptions")?, fields: Fields::Applied };
     let cfg = configuration::<T>(&r.body, name)?;
     let mgr = Manager::new(manager, Operation::Apply, T::API_VERSION, status.then_some("status"));
     let pinned = cfg["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());

@@ -69,6 +69,14 @@ fn groups() -> Vec<&'static str> {
     g
 }
 
+/// Whether `api_version` (`v1`, `apps/v1`) is a group-version this server serves.
+pub fn serves_group_version(api_version: &str) -> bool {
+    match api_version.split_once('/') {
+        None => api_version == "v1",
+        Some((group, version)) => version == "v1" && groups().contains(&group),
+    }
+}
+
 fn group_json(name: &str) -> Value {
     let gv = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
     json!({"name": name, "versions": [gv], "preferredVersion": gv})

@@ -59,9 +59,9 @@ impl ApiError {
         use pkg::api::CauseExt;
         ApiError::invalid(kind, "", vec![StatusCause::invalid(field, "", why)])
     }
-    /// `422` for options kube-apiserver validates as `<Kind>Options.meta.k8s.io` (one cause).
-    pub fn invalid_meta_options(kind: &str, cause: StatusCause) -> Self {
-        let mut e = ApiError::invalid(&format!("{kind}.meta.k8s.io"), "", vec![cause]);
+    /// `422` for options kube-apiserver validates as `<Kind>Options.meta.k8s.io`.
+    pub fn invalid_meta_options(kind: &str, causes: Vec<StatusCause>) -> Self {
+        let mut e = ApiError::invalid(&format!("{kind}.meta.k8s.io"), "", causes);
         if let Some(d) = e.0.details.as_mut() {
             (d.group, d.kind) = (Some("meta.k8s.io".into()), Some(kind.into()));
         }

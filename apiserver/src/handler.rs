@@ -15,7 +15,6 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pkg::api::{CauseExt, StatusCause};
-use pkg::deletion::Propagation;
 use pkg::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -33,12 +32,13 @@ pub struct Req<'a> {
     pub out: Output,
 }
 
-/// `dryRun=All`: true; absent: false; anything else is a 400.
-pub fn dry_run(p: &Params) -> Result<bool, ApiError> {
-    match p.get("dryRun").map(String::as_str) {
-        None | Some("") => Ok(false),
-        Some("All") => Ok(true),
-        Some(v) => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {v:?}: supported values: \"All\""))),
+/// `dryRun=All`: true; absent: false; anything else is a 422 of the request's `options`
+/// (`CreateOptions`, ...), as kube-apiserver's `ValidateDryRun` refuses it.
+pub fn dry_run(p: &Params, options: &str) -> Result<bool, ApiError> {
+    let Some(v) = p.get("dryRun").filter(|v| !v.is_empty()) else { return Ok(false) };
+    match pkg::deletion::dry_run_cause(std::slice::from_ref(v)) {
+        None => Ok(true),
+        Some(cause) => Err(ApiError::invalid_meta_options(options, vec![cause])),
     }
 }
 
@@ -47,7 +47,7 @@ pub fn writer(r: &Req<'_>, options: &str) -> Result<Write, ApiError> {
     let ua = r.headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let name = pkg::managedfields::manager_name(r.params.get("fieldManager").map(String::as_str), ua);
     check_manager(options, &name)?;
-    Ok(Write::by(&name).dry(dry_run(r.params)?))
+    Ok(Write::by(&name).dry(dry_run(r.params, options)?))
 }
 
 /// A field manager's name is at most 128 bytes, for every verb (apply included), checked
@@ -56,7 +56,7 @@ pub fn writer(r: &Req<'_>, options: &str) -> Result<Write, ApiError> {
 pub fn check_manager(options: &str, name: &str) -> Result<(), ApiError> {
     if name.len() > 128 {
         let cause = StatusCause::cause("FieldValueTooLong", "Too long: may not be more than 128 bytes".into(), "fieldManager");
-        return Err(ApiError::invalid_meta_options(options, cause));
+        return Err(ApiError::invalid_meta_options(options, vec![cause]));
     }
     Ok(())
 }
@@ -295,52 +295,50 @@ async fn patch<T: Strategy + Printable>(api: &Api, name: &str, status: bool, r: 
     Err(ApiError::conflict(T::KIND, name))
 }
 
-/// The options of a DELETE, from the query string or a `DeleteOptions` body.
+/// The options of a DELETE: a `DeleteOptions` body, or without one the query string (as
+/// kube-apiserver, which reads the query only when there is no body), validated as
+/// `ValidateDeleteOptions` validates them.
 pub fn delete_options(p: &Params, h: &HeaderMap, body: &[u8]) -> Result<DeleteOpts, ApiError> {
-    let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
+    let opts: DeleteOptions = if body.iter().all(u8::is_ascii_whitespace) {
+        let grace = p.get("gracePeriodSeconds").map(|g| g.parse::<i64>()).transpose();
+        DeleteOptions {
+            grace_period_seconds: grace.map_err(|_| ApiError::bad_request("gracePeriodSeconds: invalid value: must be an integer"))?,
+            propagation_policy: p.get("propagationPolicy").filter(|v| !v.is_empty()).cloned(),
+            orphan_dependents: p.get("orphanDependents").filter(|v| !v.is_empty()).map(|v| v == "true" || v == "1"),
+            dry_run: p.get("dryRun").filter(|v| !v.is_empty()).map(|v| vec![v.clone()]),
+            ..Default::default()
+        }
     } else {
         let mut docs = codec::parse_documents(h, body, ("meta.k8s.io/v1", "DeleteOptions"))?;
         if docs.len() != 1 || !docs[0].is_object() {
             return Err(ApiError::bad_request("the DELETE body must be one DeleteOptions object"));
         }
-        docs.remove(0)
-    };
-    // Every field of the right type, or nothing is deleted.
-    if !opts.is_null() {
-        if let Err(e) = serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>(opts.clone()) {
-            return Err(ApiError::bad_request(format!("the DELETE body is not a valid DeleteOptions: {e}")));
+        let doc = docs.remove(0);
+        // Another kind is not a DeleteOptions (which every served group-version has).
+        match (doc["kind"].as_str(), doc["apiVersion"].as_str()) {
+            (Some(k), _) if k != "DeleteOptions" => {
+                return Err(ApiError::bad_request("decoded object cannot be converted to DeleteOptions"));
+            }
+            (_, Some(v)) if !crate::discovery::serves_group_version(v) && v != "meta.k8s.io/v1" => {
+                return Err(ApiError::bad_request(format!("no kind \"DeleteOptions\" is registered for version \"{v}\"")));
+            }
+            _ => {}
         }
+        // Every field of the right type, or nothing is deleted.
+        serde_json::from_value(doc).map_err(|e| ApiError::bad_request(format!("the DELETE body is not a valid DeleteOptions: {e}")))?
+    };
+    let causes = pkg::deletion::validate_options(&opts);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid_meta_options("DeleteOptions", causes));
     }
-    let grace = match p.get("gracePeriodSeconds") {
-        Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}")))?),
-        None => opts.get("gracePeriodSeconds").and_then(Value::as_i64),
-    };
-    let body_dry = match &opts["dryRun"] {
-        Value::Null => false,
-        Value::Array(a) if a.iter().all(|v| v == "All") => !a.is_empty(),
-        other => return Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other}: supported values: \"All\""))),
-    };
-    let propagation = match p.get("propagationPolicy").map(String::as_str).or(opts["propagationPolicy"].as_str()) {
-        None | Some("") => None,
-        Some(pol) => Some(Propagation::parse(pol).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "propagationPolicy: Unsupported value: {pol:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
-            ))
-        })?),
-    };
-    // The old `orphanDependents` flag, which kubectl no longer sends but clients may.
-    let propagation = propagation.or(match opts["orphanDependents"].as_bool() {
-        Some(true) => Some(Propagation::Orphan),
-        Some(false) => Some(Propagation::Background),
-        None => None,
-    });
+    let preconditions = opts.preconditions.clone().unwrap_or_default();
     Ok(DeleteOpts {
-        grace,
-        propagation,
-        precondition_rv: opts["preconditions"]["resourceVersion"].as_str().map(String::from),
-        precondition_uid: opts["preconditions"]["uid"].as_str().map(String::from),
-        dry_run: dry_run(p)? || body_dry,
+        grace: pkg::deletion::grace_of(&opts),
+        propagation: pkg::deletion::propagation_of(&opts),
+        precondition_rv: preconditions.resource_version,
+        precondition_uid: preconditions.uid,
+        dry_run: opts.dry_run.is_some_and(|d| !d.is_empty()),
     })
 }
 

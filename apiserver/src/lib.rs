@@ -81,6 +81,11 @@ pub struct Config {
     /// How long a node may go without a heartbeat before it becomes NotReady.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: Duration,
+    /// Objects whose encoding is larger than this are refused (413) before their
+    /// managedFields are worked out (which costs in proportion to their fields): etcd's
+    /// `--max-request-bytes`, 1.5 MiB by default, would refuse them anyway.
+    #[arg(long, default_value_t = 1536 * 1024)]
+    pub max_object_bytes: usize,
     /// How long one etcd request may take before the API answers 503.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub etcd_timeout: Duration,

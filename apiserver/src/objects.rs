@@ -146,6 +146,18 @@ impl Api {
         self.create_opts(ns, obj, &Write::by(CONTROLLERS)).await
     }
 
+    /// Refuse at once an object etcd would refuse (`--max-object-bytes`), before the work
+    /// that grows with its fields.
+    fn fits<T: Strategy>(&self, o: &T) -> Result<(), ApiError> {
+        let n = storage::encoded_len(o);
+        if n > self.cfg.max_object_bytes {
+            let why =
+                format!("Request entity too large: the object is {n} bytes, more than etcd stores ({} bytes)", self.cfg.max_object_bytes);
+            return Err(ApiError::new(413, "RequestEntityTooLarge", why));
+        }
+        Ok(())
+    }
+
     /// The object's value write: with the kind's TTL (events) it expires with an etcd lease.
     async fn put_op<T: Strategy>(&self, key: &str, o: &T) -> Result<Op, ApiError> {
         Ok(match T::TTL_SECONDS {
@@ -175,8 +187,10 @@ impl Api {
         }
         if meta.name.as_deref().unwrap_or("").is_empty() {
             meta.name = meta.generate_name.as_deref().filter(|g| !g.is_empty()).map(|g| {
+                // The base is cut to 58 characters, so the name fits in 63 (names/generate.go).
+                let base: String = g.chars().take(58).collect();
                 let suffix: String = (0..5).map(|_| b"bcdfghjklmnpqrstvwxz2456789"[rand::random_range(0..27)] as char).collect();
-                format!("{g}{suffix}")
+                format!("{base}{suffix}")
             });
         }
         meta.uid = Some(uuid());
@@ -192,6 +206,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(T::KIND, &name, causes));
         }
+        self.fits::<T>(&obj)?;
         track(None, &mut obj, w, None)?;
         let ns = obj.meta().namespace.clone();
         let key = storage::key::<T>(ns.as_deref(), &name);
@@ -320,6 +335,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(T::KIND, name, causes));
             }
+            self.fits::<T>(&o)?;
             track(Some(&old), &mut o, w, status_only.then_some("status"))?;
             let held: HashSet<String> = self.held(&old)?.into_iter().collect();
             let claims = self.claims_for(&mut o, Some(&old), &taken)?;

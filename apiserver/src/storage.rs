@@ -359,6 +359,23 @@ pub fn encode<T: Object>(obj: &T) -> Vec<u8> {
     serde_json::to_vec(&o).expect("API objects always serialize")
 }
 
+/// How many bytes [`encode`] makes of `obj`, counted without making them.
+pub fn encoded_len<T: Object>(obj: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, obj).expect("API objects always serialize");
+    c.0
+}
+
 /// Where objects of kind `T` live in etcd.
 pub fn prefix<T: Object>() -> &'static str {
     match T::RESOURCE {

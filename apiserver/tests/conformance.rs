@@ -59,7 +59,8 @@ async fn dry_run_writes_nothing_on_any_verb() {
 
     // A dry-run create of a taken name fails as the real one would.
     assert_eq!(c.post(&format!("{SVCS}?dryRun=All"), &svc).await.0, 409);
-    assert_eq!(c.post(&format!("{SVCS}?dryRun=Maybe"), &svc).await.0, 400);
+    // (kube-apiserver's ValidateDryRun: 422 of the CreateOptions)
+    assert_eq!(c.post(&format!("{SVCS}?dryRun=Maybe"), &svc).await.0, 422);
 }
 
 #[tokio::test]
@@ -110,8 +111,9 @@ async fn bodies_that_are_not_json_or_yaml_are_415_and_bad_delete_bodies_400() {
     let (code, v) = send(&c, "DELETE", &format!("{CMS}/x"), "application/json", "{not json").await;
     assert_eq!((code, v["kind"].as_str()), (400, Some("Status")), "{v}");
     assert_eq!(c.get(&format!("{CMS}/x")).await.0, 200, "a DELETE with a bad body must not delete");
+    // A well-formed body with a bad option is a 422 of the DeleteOptions, as kube-apiserver's.
     let (code, _) = send(&c, "DELETE", &format!("{CMS}/x"), "application/json", r#"{"propagationPolicy":"Sideways"}"#).await;
-    assert_eq!(code, 400);
+    assert_eq!(code, 422);
     let (code, _) = send(&c, "DELETE", &format!("{CMS}/x"), "application/json", r#"{"preconditions":{"uid":"nope"}}"#).await;
     assert_eq!(code, 409);
     assert_eq!(c.delete(&format!("{CMS}/x")).await.0, 200);

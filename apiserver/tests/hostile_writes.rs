@@ -187,12 +187,90 @@ async fn protobuf_envelopes_are_read_as_kube_apiserver_reads_them() {
 }
 
 /// Finding 5 (its memory is measured by `scripts/bench memory`): a ConfigMap of 200,000
-/// keys is refused, as kube-apiserver words it, before its managedFields are worked out.
+/// keys (only 200,000 bytes of values: valid) is too big for etcd, and refused as such
+/// (413) before its managedFields (one entry a key) are worked out.
 #[tokio::test]
-async fn a_configmap_of_200000_keys_is_too_long() {
+async fn a_configmap_of_200000_keys_is_too_large() {
     let c = Cluster::start().await;
     let data: serde_json::Map<String, Value> = (0..200_000).map(|i| (format!("k{i:06}"), json!("v"))).collect();
     let (code, st) = c.post(CMS, &json!({"metadata": {"name": "big"}, "data": data})).await;
-    assert_eq!((code, st["details"]["causes"][0]["field"].as_str()), (422, Some("[]")), "{}", st["message"]);
-    assert_eq!(st["message"], "ConfigMap \"big\" is invalid: []: Too long: may not be more than 1048576 bytes");
+    assert_eq!((code, st["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{}", st["message"]);
+    assert!(st["message"].as_str().unwrap_or("").contains("more than etcd stores"), "{}", st["message"]);
+    assert_eq!(c.get(&format!("{CMS}/big")).await.0, 404);
+}
+
+/// Finding 7, deletes (probed as a hostile client would): conflicting or unknown options
+/// and bodies of another kind are refused before anything is deleted, a body's options
+/// are the only ones (the query is read only without a body), and a negative grace
+/// period is one second, as kube-apiserver answers.
+#[tokio::test]
+async fn deletes_with_bad_options_delete_nothing() {
+    let c = Cluster::start().await;
+    c.create(CMS, json!({"metadata": {"name": "x"}})).await;
+    let refused = [
+        (r#"{"orphanDependents":true,"propagationPolicy":"Orphan"}"#, 422, "orphanDependents and deletionPropagation cannot be both set"),
+        (
+            r#"{"propagationPolicy":"garbage"}"#,
+            422,
+            r#"Unsupported value: "garbage": supported values: "Foreground", "Background", "Orphan", "nil""#,
+        ),
+        (r#"{"dryRun":["foo"]}"#, 422, r#"dryRun: Unsupported value: []string{"foo"}: supported values: "All""#),
+        (r#"{"kind":"Pod","apiVersion":"v1"}"#, 400, "decoded object cannot be converted to DeleteOptions"),
+        (r#"{"kind":"DeleteOptions","apiVersion":"v9"}"#, 400, r#"no kind "DeleteOptions" is registered for version "v9""#),
+    ];
+    for (body, code, says) in refused {
+        let (got, st) = send(&c, "DELETE", &format!("{CMS}/x"), "application/json", body).await;
+        assert_eq!(got, code, "{body}: {st}");
+        assert!(st["message"].as_str().unwrap_or("").contains(says), "{body}: {st}");
+    }
+    let (code, st) =
+        send(&c, "DELETE", &format!("{CMS}/x?orphanDependents=true&propagationPolicy=Background"), "application/json", "").await;
+    assert_eq!(code, 422, "the same in the query: {st}");
+    assert_eq!(st["message"].as_str().unwrap_or("").split(": ").next(), Some("DeleteOptions.meta.k8s.io \"\" is invalid"));
+    assert_eq!(c.get(&format!("{CMS}/x")).await.0, 200, "nothing was deleted");
+    // With a body, the query's dryRun is not read: the delete is real.
+    let (code, _) = send(&c, "DELETE", &format!("{CMS}/x?dryRun=All"), "application/json", "{}").await;
+    assert_eq!(code, 200);
+    assert_eq!(c.get(&format!("{CMS}/x")).await.0, 404);
+    // A negative grace period is one second: a pod on a node is marked, not removed at once.
+    c.ready_node("node1", "172.30.0.11", json!({})).await;
+    let mut p = pod("p", json!({}));
+    p["spec"]["nodeName"] = json!("node1");
+    c.create(PODS, p).await;
+    let (code, marked) = send(&c, "DELETE", &format!("{PODS}/p"), "application/json", r#"{"gracePeriodSeconds":-5}"#).await;
+    assert_eq!((code, marked["metadata"]["deletionGracePeriodSeconds"].as_i64()), (200, Some(1)), "{marked}");
+}
+
+/// Finding 7, names, annotations, finalizers and sizes at their limits, as
+/// ValidateObjectMeta and ValidateConfigMap bound them.
+#[tokio::test]
+async fn objects_at_their_limits() {
+    let c = Cluster::start().await;
+    let cm = |meta: Value, data: Value| json!({"metadata": meta, "data": data});
+    let field = |st: &Value| st["details"]["causes"][0]["field"].as_str().map(String::from);
+    // A subdomain name of 253 characters is a name (its parts are not labels), 254 is not.
+    let long = "a".repeat(253);
+    assert_eq!(c.post(CMS, &cm(json!({"name": long}), json!({}))).await.0, 201);
+    let (code, st) = c.post(CMS, &cm(json!({"name": "a".repeat(254)}), json!({}))).await;
+    let too_long = format!("Invalid value: \"{}\": must be no more than 253 characters", "a".repeat(254));
+    assert_eq!((code, st["details"]["causes"][0]["message"].as_str()), (422, Some(too_long.as_str())));
+    // generateName is cut so that the name fits.
+    let (code, made) = c.post(CMS, &cm(json!({"generateName": "g".repeat(300)}), json!({}))).await;
+    assert_eq!((code, made["metadata"]["name"].as_str().map(str::len)), (201, Some(63)), "{made}");
+    // Annotations: 256 KiB in all, one byte more is too long.
+    let ann = |n: usize| json!({"k": "v".repeat(n - 1)});
+    assert_eq!(c.post(CMS, &cm(json!({"name": "ann", "annotations": ann(262_144)}), json!({}))).await.0, 201);
+    let (code, st) = c.post(CMS, &cm(json!({"name": "ann2", "annotations": ann(262_145)}), json!({}))).await;
+    assert_eq!((code, field(&st).as_deref()), (422, Some("metadata.annotations")), "{}", st["message"]);
+    assert_eq!(st["details"]["causes"][0]["message"], "Too long: may not be more than 262144 bytes");
+    let (code, st) = c.post(CMS, &cm(json!({"name": "ann3", "annotations": {"a b": "x"}}), json!({}))).await;
+    assert_eq!((code, field(&st).as_deref()), (422, Some("metadata.annotations")), "{st}");
+    // Finalizers: standard, or qualified with a domain.
+    let (code, st) = c.post(CMS, &cm(json!({"name": "fin", "finalizers": ["never"]}), json!({}))).await;
+    assert_eq!((code, field(&st).as_deref()), (422, Some("metadata.finalizers[0]")), "{st}");
+    assert_eq!(c.post(CMS, &cm(json!({"name": "fin2", "finalizers": ["example.com/hold"]}), json!({}))).await.0, 201);
+    // 1 MiB of values is a ConfigMap (the keys are not counted), one byte more is not.
+    assert_eq!(c.post(CMS, &cm(json!({"name": "mib"}), json!({"a": "x".repeat(1_048_576)}))).await.0, 201);
+    let (code, st) = c.post(CMS, &cm(json!({"name": "mib2"}), json!({"a": "x".repeat(1_048_577)}))).await;
+    assert_eq!((code, field(&st).as_deref()), (422, Some("[]")), "{}", st["message"]);
 }

@@ -17,8 +17,9 @@
 //!
 //! Upstream: staging/src/k8s.io/apiserver/pkg/registry/generic/registry/store.go (Delete, updateForGracefulDeletionAndFinalizers)
 
-use crate::api::{ObjectMeta, Time};
+use crate::api::{CauseExt, ObjectMeta, StatusCause, Time};
 use crate::workloads::gc::{FOREGROUND, ORPHAN};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
 
 /// `DeleteOptions.propagationPolicy`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,6 +39,51 @@ impl Propagation {
             _ => None,
         }
     }
+}
+
+/// `dryRun` of any request's options: only `All` is a value (kube-apiserver's
+/// `ValidateDryRun`, the bad value shown as Go's `%#v` of the list, as 1.33 shows it).
+pub fn dry_run_cause(values: &[String]) -> Option<StatusCause> {
+    if values.iter().all(|v| v == "All") {
+        return None;
+    }
+    let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    let message = format!("Unsupported value: []string{{{}}}: supported values: \"All\"", list.join(", "));
+    Some(StatusCause::cause("FieldValueNotSupported", message, "dryRun"))
+}
+
+/// What kube-apiserver's `ValidateDeleteOptions` refuses in a DELETE's options.
+pub fn validate_options(o: &DeleteOptions) -> Vec<StatusCause> {
+    let mut causes = vec![];
+    if let (Some(_), Some(p)) = (o.orphan_dependents, &o.propagation_policy) {
+        causes.push(StatusCause::invalid(
+            "propagationPolicy",
+            format!("{p:?}"),
+            "orphanDependents and deletionPropagation cannot be both set",
+        ));
+    }
+    if let Some(p) = o.propagation_policy.as_deref().filter(|p| Propagation::parse(p).is_none()) {
+        causes.push(StatusCause::not_supported("propagationPolicy", p, &["Foreground", "Background", "Orphan", "nil"]));
+    }
+    causes.extend(dry_run_cause(o.dry_run.as_deref().unwrap_or_default()));
+    causes
+}
+
+/// The policy a DELETE asks for: `propagationPolicy`, or the old `orphanDependents` flag
+/// (which kubectl no longer sends but clients may); `None`: the kind's default.
+pub fn propagation_of(o: &DeleteOptions) -> Option<Propagation> {
+    match (o.propagation_policy.as_deref(), o.orphan_dependents) {
+        (Some(p), _) => Propagation::parse(p),
+        (None, Some(true)) => Some(Propagation::Orphan),
+        (None, Some(false)) => Some(Propagation::Background),
+        (None, None) => None,
+    }
+}
+
+/// The grace period a DELETE asks for: a negative one is taken as 1 s, as kube-apiserver
+/// has done since 1.22 (`rest.BeforeDelete`).
+pub fn grace_of(o: &DeleteOptions) -> Option<i64> {
+    o.grace_period_seconds.map(|g| if g < 0 { 1 } else { g })
 }
 
 /// The finalizers an object has once a DELETE with this policy has been applied: the
@@ -101,6 +147,33 @@ pub fn added_finalizers(old: &ObjectMeta, new: &ObjectMeta) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_options_are_validated_as_kube_apiserver_does() {
+        let o = |v: serde_json::Value| serde_json::from_value::<DeleteOptions>(v).unwrap();
+        let fields = |v| validate_options(&o(v)).into_iter().map(|c| (c.field.unwrap(), c.message.unwrap())).collect::<Vec<_>>();
+        assert_eq!(
+            fields(serde_json::json!({"propagationPolicy": "garbage"})),
+            [(
+                "propagationPolicy".into(),
+                r#"Unsupported value: "garbage": supported values: "Foreground", "Background", "Orphan", "nil""#.into()
+            )]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"orphanDependents": true, "propagationPolicy": "Orphan"})),
+            [(
+                "propagationPolicy".into(),
+                r#"Invalid value: "Orphan": orphanDependents and deletionPropagation cannot be both set"#.into()
+            )]
+        );
+        assert_eq!(
+            fields(serde_json::json!({"dryRun": ["foo"]})),
+            [("dryRun".into(), r#"Unsupported value: []string{"foo"}: supported values: "All""#.into())]
+        );
+        assert!(fields(serde_json::json!({"dryRun": ["All"], "propagationPolicy": "Foreground"})).is_empty());
+        assert_eq!(grace_of(&o(serde_json::json!({"gracePeriodSeconds": -5}))), Some(1));
+        assert_eq!(propagation_of(&o(serde_json::json!({"orphanDependents": true}))), Some(Propagation::Orphan));
+    }
 
     fn meta(finalizers: &[&str]) -> ObjectMeta {
         ObjectMeta { finalizers: Some(finalizers.iter().map(|s| s.to_string()).collect()), ..Default::default() }

@@ -18,9 +18,18 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-/// DNS-1123 subdomain: dot-separated DNS-1123 labels, at most 253 characters.
+/// DNS-1123 subdomain: dot-separated parts of lower case alphanumerics and '-', each
+/// starting and ending with an alphanumeric, at most 253 characters in all (a part may be
+/// longer than a label's 63: kube-apiserver's regular expression does not bound them).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    let part = |p: &str| {
+        let b = p.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    s.len() <= 253 && s.split('.').all(part)
 }
 
 /// DNS-1035 label (service names): a DNS-1123 label that starts with a letter.
@@ -67,19 +76,57 @@ pub enum NameRule {
 pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusCause>) {
     let name = meta.name.as_deref().unwrap_or("");
     if name.is_empty() {
-        causes.push(StatusCause::required("metadata.name"));
+        causes.push(StatusCause::cause("FieldValueRequired", "Required value: name or generateName is required".into(), "metadata.name"));
     } else {
-        let (ok, what) = match rule {
-            NameRule::Label => (is_dns1123_label(name), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"),
-            NameRule::Subdomain => (is_dns1123_subdomain(name), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-            NameRule::Dns1035 => (is_dns1035_label(name), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"),
+        let (ok, max, what) = match rule {
+            NameRule::Label => (is_dns1123_label(name), 63, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"),
+            NameRule::Subdomain => (is_dns1123_subdomain(name), 253, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            NameRule::Dns1035 => (is_dns1035_label(name), 63, "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"),
         };
-        if !ok {
+        // Too long is said as such (kube-apiserver reports both, the length first).
+        if name.len() > max {
+            causes.push(StatusCause::invalid("metadata.name", format!("\"{name}\""), &format!("must be no more than {max} characters")));
+        } else if !ok {
             causes.push(StatusCause::invalid("metadata.name", format!("\"{name}\""), what));
         }
     }
     if let Some(labels) = &meta.labels {
         labels_valid(labels, "metadata.labels", causes);
+    }
+    annotations_valid(meta.annotations.as_ref(), causes);
+    finalizers_valid(meta.finalizers.as_deref().unwrap_or_default(), causes);
+}
+
+/// All of an object's annotations (keys and values) may hold at most 256 KiB, and each
+/// key is a qualified name, as a label key is (ValidateAnnotations).
+fn annotations_valid(annotations: Option<&BTreeMap<String, String>>, causes: &mut Vec<StatusCause>) {
+    let Some(a) = annotations else { return };
+    for k in a.keys().filter(|k| !is_label_key(&k.to_lowercase())) {
+        causes.push(StatusCause::invalid("metadata.annotations", format!("{k:?}"), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+    }
+    let total: usize = a.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_ANNOTATIONS_BYTES {
+        causes.push(StatusCause::cause(
+            "FieldValueTooLong",
+            format!("Too long: may not be more than {MAX_ANNOTATIONS_BYTES} bytes"),
+            "metadata.annotations",
+        ));
+    }
+}
+
+/// The most all of an object's annotations may hold (`TotalAnnotationSizeLimitB`).
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// A finalizer is one Kubernetes defines (`kubernetes`, `orphan`, `foregroundDeletion`)
+/// or a qualified name with a domain (`example.com/cleanup`), as ValidateFinalizerName.
+fn finalizers_valid(finalizers: &[String], causes: &mut Vec<StatusCause>) {
+    const STANDARD: [&str; 3] = ["kubernetes", "orphan", "foregroundDeletion"];
+    for (i, f) in finalizers.iter().enumerate() {
+        let qualified = f.split_once('/').is_some_and(|(domain, _)| domain.contains('.')) && is_label_key(f);
+        if !STANDARD.contains(&f.as_str()) && !qualified {
+            let why = "name is neither a standard finalizer name nor is it fully qualified";
+            causes.push(StatusCause::invalid(format!("metadata.finalizers[{i}]"), format!("{f:?}"), why));
+        }
     }
 }
 
@@ -465,7 +512,7 @@ fn config_data_valid<'a>(
 ) {
     let mut size = 0;
     for (field, k, len, in_both) in entries {
-        size += k.len() + len;
+        size += len; // the values: kube-apiserver does not count the keys
         if !is_config_key(k) {
             c.push(StatusCause::invalid(
                 format!("{field}[{k}]"),

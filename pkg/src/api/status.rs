@@ -40,8 +40,9 @@ impl StatusExt for Status {
     }
     fn invalid(kind: &str, name: &str, causes: Vec<StatusCause>) -> Status {
         let msgs: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field(), c.message.as_deref().unwrap_or(""))).collect();
-        let mut s = Self::failure(422, "Invalid", format!("{kind} \"{name}\" is invalid: {}", msgs.join(", ")))
-            .with_details(&kind.to_lowercase(), name);
+        // One error as it is, several in brackets (apimachinery's ErrorList.ToAggregate).
+        let listed = if msgs.len() == 1 { msgs[0].clone() } else { format!("[{}]", msgs.join(", ")) };
+        let mut s = Self::failure(422, "Invalid", format!("{kind} \"{name}\" is invalid: {listed}")).with_details(kind, name);
         if let Some(d) = s.details.as_mut() {
             d.causes = Some(causes);
         }
@@ -103,7 +104,7 @@ mod tests {
             vec![StatusCause::required("spec.containers"), StatusCause::invalid("metadata.name", "\"A\"", "bad")],
         );
         assert_eq!(s.code(), 422);
-        assert_eq!(s.message(), "Pod \"web\" is invalid: spec.containers: Required value, metadata.name: Invalid value: \"A\": bad");
+        assert_eq!(s.message(), "Pod \"web\" is invalid: [spec.containers: Required value, metadata.name: Invalid value: \"A\": bad]");
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!((v["kind"].as_str(), v["details"]["causes"][0]["field"].as_str()), (Some("Status"), Some("spec.containers")));
     }
