@@ -137,6 +137,36 @@ impl Config {
 /// holds the nodes' heartbeat Leases, `kube-public` what everyone may read.
 pub const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// How long a client may take to send a request's headers, the first or the next one on
+/// a kept-alive connection, before the connection is closed (kube-apiserver: Go's
+/// ReadHeaderTimeout, 32 s). Without it a client that sends half a request, or nothing,
+/// holds its connection and a task for ever.
+pub const REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// Serve the API on `listener`: HTTP/1.1 with upgrades (exec, attach, port-forward and
+/// watches over WebSockets), as `axum::serve` does, plus [`REQUEST_HEADER_TIMEOUT`],
+/// which `axum::serve` cannot set.
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(REQUEST_HEADER_TIMEOUT);
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, say: wait, as axum::serve does, rather than spin.
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
 /// A running apiserver.
 pub struct Server {
     pub addr: SocketAddr,
@@ -178,11 +208,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let app = routes::router(api.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "server stopped");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app));
         // The namespaces every cluster has: now if etcd answers, else as soon as it does.
         if !builtin_namespaces(&api).await {
             let api = api.clone();

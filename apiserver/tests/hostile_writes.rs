@@ -274,3 +274,72 @@ async fn objects_at_their_limits() {
     let (code, st) = c.post(CMS, &cm(json!({"name": "mib2"}), json!({"a": "x".repeat(1_048_577)}))).await;
     assert_eq!((code, field(&st).as_deref()), (422, Some("[]")), "{}", st["message"]);
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Finding 7, watches: 200 watches opened at once and dropped without a word, three times
+/// over, leave no descriptor behind (the apiserver runs in this process, so its sockets
+/// are counted here); and watches with timeoutSeconds all end by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_watches_closing_leave_nothing_open() {
+    use std::io::{Read, Write};
+    let c = Cluster::start().await;
+    let addr = c.base.trim_start_matches("http://").to_string();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await; // the controllers' own connections
+    let baseline = open_fds();
+    for round in 0..3 {
+        let socks: Vec<std::net::TcpStream> = (0..200)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                write!(s, "GET {CMS}?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+                s
+            })
+            .collect();
+        c.create(CMS, json!({"metadata": {"name": format!("w{round}")}})).await;
+        drop(socks);
+        eventually(20, "the watches' descriptors to be closed", || async { (open_fds() <= baseline + 5).then_some(()) }).await;
+    }
+    let timed: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+                write!(s, "GET {CMS}?watch=true&timeoutSeconds=1 HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+                let mut out = vec![];
+                s.read_to_end(&mut out).is_ok()
+            })
+        })
+        .collect();
+    for t in timed {
+        assert!(t.await.unwrap(), "every timeoutSeconds=1 watch ends by itself");
+    }
+}
+
+/// Finding 7, connections: a client that sends half a request's headers, or nothing,
+/// does not hold its connection for ever (kube-apiserver's 32 s ReadHeaderTimeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_is_cut_off() {
+    use std::io::{Read, Write};
+    let c = Cluster::start().await;
+    let addr = c.base.trim_start_matches("http://").to_string();
+    let clients: Vec<_> = ["GET /api/v1/namespaces HTTP/1.1\r\nHost: x\r\n", ""]
+        .into_iter()
+        .map(|half| {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+                s.write_all(half.as_bytes()).unwrap();
+                // The server's end (not this side's 60 s read timeout) ends the read.
+                let mut out = vec![];
+                s.read_to_end(&mut out).map_err(|e| e.kind())
+            })
+        })
+        .collect();
+    for (client, what) in clients.into_iter().zip(["half a request", "nothing"]) {
+        assert_eq!(client.await.unwrap().map(|_| ()), Ok(()), "the server closed a connection that sent {what}");
+    }
+}
