@@ -187,12 +187,15 @@ def watch_lines(path, query=""):
 
 
 # Churn, for a load that only creates (issue "Density: pods are deleted"): every pod's
-# owner, the live pods of each ReplicaSet (not deleted, not being deleted) against its
-# spec.replicas, the most it ever had above them, and every ReplicaSet made.
+# owner, the live pods of each ReplicaSet (not deleted, not being deleted) and the most
+# it ever had, against the most replicas it was ever asked for (in a load that only
+# scales up, a ReplicaSet above those made a pod too many; comparing with the replicas
+# of the moment would race the ReplicaSet watch against the pod watch), and every
+# ReplicaSet made.
 owner_of = {}  # pod name -> its controller's uid
 live = {}  # ReplicaSet uid -> names of its live pods
-replicas_of = {}  # ReplicaSet uid -> spec.replicas
-most_above = {}  # ReplicaSet uid -> the most live pods above spec.replicas, ever
+most_live = {}  # ReplicaSet uid -> the most live pods it had at once
+replicas_of = {}  # ReplicaSet uid -> the most spec.replicas it was asked for
 deleted = {"marked": 0, "gone": 0}
 
 
@@ -204,31 +207,29 @@ def count_live(name, p, alive):
     uid = owner_of.setdefault(name, refs[0]["uid"])
     pods_of = live.setdefault(uid, set())
     (pods_of.add if alive else pods_of.discard)(name)
-    if uid in replicas_of:
-        most_above[uid] = max(most_above.get(uid, 0), len(pods_of) - replicas_of[uid])
+    most_live[uid] = max(most_live.get(uid, 0), len(pods_of))
 
 
 def watch_replicasets():
     for _, ev in watch_lines("/apis/apps/v1/replicasets", "labelSelector=group%3Ddensity"):
         rs = ev["object"]
-        if ev["type"] in ("ADDED", "MODIFIED"):
+        if ev["type"] in ("ADDED", "MODIFIED") and "uid" in rs.get("metadata", {}):
             with lock:
                 uid = rs["metadata"]["uid"]
-                replicas_of[uid] = (rs.get("spec") or {}).get("replicas", 1)
-                most_above[uid] = max(most_above.get(uid, 0), len(live.get(uid, ())) - replicas_of[uid])
+                replicas_of[uid] = max(replicas_of.get(uid, 0), (rs.get("spec") or {}).get("replicas", 1))
 
 
 def watch_pods():
     from datetime import datetime
     for at, ev in watch_lines("/api/v1/pods", "labelSelector=group%3Ddensity"):
+        if ev["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+            continue  # bookmarks and errors
         p = ev["object"]
         name = p["metadata"]["namespace"] + "/" + p["metadata"]["name"]
         if ev["type"] == "DELETED":
             with lock:
                 deleted["gone"] += 1
                 count_live(name, p, False)
-            continue
-        if ev["type"] not in ("ADDED", "MODIFIED"):
             continue
         with lock:
             marked = bool(p["metadata"].get("deletionTimestamp"))
@@ -409,6 +410,7 @@ def churn_of():
         _, evs = req("GET", f"/api/v1/namespaces/{ns}/events?fieldSelector=reason%3DSuccessfulDelete")
         deletes += sum(e.get("count") or 1 for e in (evs or {}).get("items", []))
     with lock:
+        most_above = {u: n - replicas_of.get(u, 0) for u, n in most_live.items()}
         above = sorted(((n, u) for u, n in most_above.items() if n > 0), reverse=True)
         return {"deployments_created": created["deployments"], "replicasets_made": len(replicas_of), "pods_created": len(pods),
                 "pods_marked_for_deletion": deleted["marked"], "pods_deleted": deleted["gone"],
