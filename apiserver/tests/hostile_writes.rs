@@ -11,12 +11,6 @@ use serde_json::{json, Value};
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 
-async fn send(c: &Cluster, method: &str, path: &str, ct: &str, body: &str) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let r = c.http.request(m, c.url(path)).header("Content-Type", ct).body(body.to_string()).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// A pod with labels and annotations, as stored.
 async fn labelled_pod(c: &Cluster, name: &str) -> Value {
     let mut p = pod(name, json!({"app": "web"}));

@@ -224,6 +224,13 @@ impl Cluster {
 }
 
 /// Poll `f` until it returns Some, or fail after `secs`.
+/// A request with a body of this content type; the code and the JSON answer (null if none).
+pub async fn send(c: &Cluster, method: &str, path: &str, ct: &str, body: &str) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = c.http.request(m, c.url(path)).header("Content-Type", ct).body(body.to_string()).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(secs: u64, what: &str, mut f: impl FnMut() -> F) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
