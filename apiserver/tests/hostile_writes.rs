@@ -263,6 +263,11 @@ async fn objects_at_their_limits() {
     let (code, st) = c.post(CMS, &cm(json!({"name": "fin", "finalizers": ["never"]}), json!({}))).await;
     assert_eq!((code, field(&st).as_deref()), (422, Some("metadata.finalizers[0]")), "{st}");
     assert_eq!(c.post(CMS, &cm(json!({"name": "fin2", "finalizers": ["example.com/hold"]}), json!({}))).await.0, 201);
+    // Labels: a value of 64 is too long, said at metadata.labels as ValidateLabels says it.
+    let (code, st) = c.post(CMS, &cm(json!({"name": "lv", "labels": {"k": "v".repeat(64)}}), json!({}))).await;
+    let cause = &st["details"]["causes"][0];
+    assert_eq!((code, cause["field"].as_str()), (422, Some("metadata.labels")), "{st}");
+    assert_eq!(cause["message"], format!("Invalid value: \"{}\": must be no more than 63 characters", "v".repeat(64)).as_str());
     // 1 MiB of values is a ConfigMap (the keys are not counted), one byte more is not.
     assert_eq!(c.post(CMS, &cm(json!({"name": "mib"}), json!({"a": "x".repeat(1_048_576)}))).await.0, 201);
     let (code, st) = c.post(CMS, &cm(json!({"name": "mib2"}), json!({"a": "x".repeat(1_048_577)}))).await;

@@ -49,20 +49,12 @@ pub fn is_port_name(s: &str) -> bool {
 
 /// A label value: empty, or up to 63 of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
 pub fn is_label_value(v: &str) -> bool {
-    v.is_empty()
-        || (v.len() <= 63
-            && v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-            && v.as_bytes()[0].is_ascii_alphanumeric()
-            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+    v.len() <= 63 && label_shaped(v)
 }
 
 /// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain, the name a non-empty label value.
 pub fn is_label_key(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+    qualified_name_errors(k).is_empty()
 }
 
 /// Which naming rule a kind's `metadata.name` follows.
@@ -101,8 +93,10 @@ pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusC
 /// key is a qualified name, as a label key is (ValidateAnnotations).
 fn annotations_valid(annotations: Option<&BTreeMap<String, String>>, causes: &mut Vec<StatusCause>) {
     let Some(a) = annotations else { return };
-    for k in a.keys().filter(|k| !is_label_key(&k.to_lowercase())) {
-        causes.push(StatusCause::invalid("metadata.annotations", format!("{k:?}"), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
+    for k in a.keys() {
+        for why in qualified_name_errors(&k.to_lowercase()) {
+            causes.push(StatusCause::invalid("metadata.annotations", format!("{k:?}"), &why));
+        }
     }
     let total: usize = a.iter().map(|(k, v)| k.len() + v.len()).sum();
     if total > MAX_ANNOTATIONS_BYTES {
@@ -132,21 +126,65 @@ fn finalizers_valid(finalizers: &[String], causes: &mut Vec<StatusCause>) {
 
 fn labels_valid(labels: &BTreeMap<String, String>, field: &str, causes: &mut Vec<StatusCause>) {
     for (k, v) in labels {
-        if !is_label_key(k) {
-            causes.push(StatusCause::invalid(
-                field,
-                format!("\"{k}\""),
-                "name part must consist of alphanumeric characters, '-', '_' or '.'",
-            ));
+        for why in qualified_name_errors(k) {
+            causes.push(StatusCause::invalid(field, format!("{k:?}"), &why));
         }
-        if !is_label_value(v) {
-            causes.push(StatusCause::invalid(
-                format!("{field}.{k}"),
-                format!("\"{v}\""),
-                "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', at most 63 characters",
-            ));
+        for why in label_value_errors(v) {
+            causes.push(StatusCause::invalid(field, format!("{v:?}"), &why));
         }
     }
+}
+
+const QUALIFIED_NAME: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// What is wrong with a label (or annotation) key, `[prefix/]name`, each worded as
+/// apimachinery's `IsQualifiedName` words it; empty: nothing.
+pub fn qualified_name_errors(k: &str) -> Vec<String> {
+    let parts: Vec<&str> = k.split('/').collect();
+    let (prefix, name) = match parts[..] {
+        [name] => (None, name),
+        [prefix, name] => (Some(prefix), name),
+        _ => {
+            return vec![format!(
+                "a qualified name {QUALIFIED_NAME} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )]
+        }
+    };
+    let mut errs = vec![];
+    match prefix {
+        Some("") => errs.push("prefix part must be non-empty".to_string()),
+        Some(p) if p.len() > 253 => errs.push("prefix part must be no more than 253 characters".to_string()),
+        Some(p) if !is_dns1123_subdomain(p) => errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string()),
+        _ => {}
+    }
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_string());
+    }
+    if name.is_empty() || !label_shaped(name) {
+        errs.push(format!("name part {QUALIFIED_NAME}"));
+    }
+    errs
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]` or empty, of any length.
+fn label_shaped(v: &str) -> bool {
+    v.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && v.bytes().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|c| c.is_ascii_alphanumeric())
+}
+
+/// What is wrong with a label value, as apimachinery's `IsValidLabelValue` words it.
+pub fn label_value_errors(v: &str) -> Vec<String> {
+    let mut errs = vec![];
+    if v.len() > 63 {
+        errs.push("must be no more than 63 characters".to_string());
+    }
+    if !label_shaped(v) {
+        errs.push("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".to_string());
+    }
+    errs
 }
 
 fn port_valid(p: i32, field: String, causes: &mut Vec<StatusCause>) {
@@ -633,6 +671,24 @@ pub fn validate_workload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_keys_and_values_are_worded_as_apimachinery_words_them() {
+        assert!(qualified_name_errors("example.com/MyName").is_empty() && qualified_name_errors("A_b.C").is_empty());
+        assert_eq!(
+            qualified_name_errors(&format!("{}/{}", "p".repeat(253), "n".repeat(64))),
+            ["name part must be no more than 63 characters"]
+        );
+        assert_eq!(qualified_name_errors(&format!("{}/n", "p".repeat(254))), ["prefix part must be no more than 253 characters"]);
+        assert_eq!(qualified_name_errors("/a"), ["prefix part must be non-empty"]);
+        let empty = qualified_name_errors("");
+        assert_eq!((empty.len(), empty[0].as_str()), (2, "name part must be non-empty"));
+        assert!(qualified_name_errors("a/b/c")[0].starts_with("a qualified name must consist of"));
+        assert!(qualified_name_errors("a b")[0].starts_with("name part must consist of"));
+        assert!(label_value_errors("").is_empty());
+        assert_eq!(label_value_errors(&"v".repeat(64)), ["must be no more than 63 characters"]);
+        assert!(label_value_errors("-a")[0].starts_with("a valid label must be an empty string"));
+    }
     use serde_json::json;
 
     fn ranges() -> ServiceRanges {
