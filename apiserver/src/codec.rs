@@ -104,9 +104,10 @@ pub fn parse_documents(h: &HeaderMap, body: &[u8], kind: (&str, &str)) -> Result
         }
         BodyType::Yaml => parse_yaml(body),
         BodyType::Protobuf => {
-            let (version, kind) = kind;
-            let v = crate::protobuf::decode_body(body, (version, kind))
-                .map_err(|e| ApiError::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {e}")))?;
+            let v = crate::protobuf::decode_body(body, kind).map_err(|e| {
+                let (version, kind) = kind;
+                ApiError::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {e}"))
+            })?;
             Ok(vec![v])
         }
         _ => Err(ApiError::new(415, "UnsupportedMediaType", "a patch content type is only accepted by PATCH")),

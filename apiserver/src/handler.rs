@@ -36,7 +36,7 @@ pub struct Req<'a> {
 /// (`CreateOptions`, ...), as kube-apiserver's `ValidateDryRun` refuses it.
 pub fn dry_run(p: &Params, options: &str) -> Result<bool, ApiError> {
     let Some(v) = p.get("dryRun").filter(|v| !v.is_empty()) else { return Ok(false) };
-    match pkg::deletion::dry_run_cause(std::slice::from_ref(v)) {
+    match pkg::validation::dry_run_cause(std::slice::from_ref(v)) {
         None => Ok(true),
         Some(cause) => Err(ApiError::invalid_meta_options(options, vec![cause])),
     }

@@ -41,17 +41,6 @@ impl Propagation {
     }
 }
 
-/// `dryRun` of any request's options: only `All` is a value (kube-apiserver's
-/// `ValidateDryRun`, the bad value shown as Go's `%#v` of the list, as 1.33 shows it).
-pub fn dry_run_cause(values: &[String]) -> Option<StatusCause> {
-    if values.iter().all(|v| v == "All") {
-        return None;
-    }
-    let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
-    let message = format!("Unsupported value: []string{{{}}}: supported values: \"All\"", list.join(", "));
-    Some(StatusCause::cause("FieldValueNotSupported", message, "dryRun"))
-}
-
 /// What kube-apiserver's `ValidateDeleteOptions` refuses in a DELETE's options.
 pub fn validate_options(o: &DeleteOptions) -> Vec<StatusCause> {
     let mut causes = vec![];
@@ -65,7 +54,7 @@ pub fn validate_options(o: &DeleteOptions) -> Vec<StatusCause> {
     if let Some(p) = o.propagation_policy.as_deref().filter(|p| Propagation::parse(p).is_none()) {
         causes.push(StatusCause::not_supported("propagationPolicy", p, &["Foreground", "Background", "Orphan", "nil"]));
     }
-    causes.extend(dry_run_cause(o.dry_run.as_deref().unwrap_or_default()));
+    causes.extend(crate::validation::dry_run_cause(o.dry_run.as_deref().unwrap_or_default()));
     causes
 }
 

@@ -10,26 +10,20 @@ use std::net::Ipv4Addr;
 
 /// DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and ending alphanumeric.
 pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    s.len() <= 63 && dns1123_shaped(s)
 }
 
-/// DNS-1123 subdomain: dot-separated parts of lower case alphanumerics and '-', each
-/// starting and ending with an alphanumeric, at most 253 characters in all (a part may be
-/// longer than a label's 63: kube-apiserver's regular expression does not bound them).
+/// Lower case alphanumerics and '-', starting and ending with an alphanumeric, of any length.
+fn dns1123_shaped(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
+}
+
+/// DNS-1123 subdomain: dot-separated parts of DNS-1123 label characters, at most 253
+/// characters in all (a part may be longer than a label's 63: kube-apiserver's regular
+/// expression does not bound them).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    let part = |p: &str| {
-        let b = p.as_bytes();
-        !b.is_empty()
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-            && b[0] != b'-'
-            && b[b.len() - 1] != b'-'
-    };
-    s.len() <= 253 && s.split('.').all(part)
+    s.len() <= 253 && s.split('.').all(dns1123_shaped)
 }
 
 /// DNS-1035 label (service names): a DNS-1123 label that starts with a letter.
@@ -57,6 +51,9 @@ pub fn is_label_key(k: &str) -> bool {
     qualified_name_errors(k).is_empty()
 }
 
+/// What apimachinery says of a name that is not a DNS-1123 subdomain.
+const SUBDOMAIN_SHAPE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
 /// Which naming rule a kind's `metadata.name` follows.
 #[derive(Clone, Copy)]
 pub enum NameRule {
@@ -72,7 +69,7 @@ pub fn validate_meta(meta: &ObjectMeta, rule: NameRule, causes: &mut Vec<StatusC
     } else {
         let (ok, max, what) = match rule {
             NameRule::Label => (is_dns1123_label(name), 63, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"),
-            NameRule::Subdomain => (is_dns1123_subdomain(name), 253, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            NameRule::Subdomain => (is_dns1123_subdomain(name), 253, SUBDOMAIN_SHAPE),
             NameRule::Dns1035 => (is_dns1035_label(name), 63, "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"),
         };
         // Too long is said as such (kube-apiserver reports both, the length first).
@@ -154,7 +151,7 @@ pub fn qualified_name_errors(k: &str) -> Vec<String> {
     match prefix {
         Some("") => errs.push("prefix part must be non-empty".to_string()),
         Some(p) if p.len() > 253 => errs.push("prefix part must be no more than 253 characters".to_string()),
-        Some(p) if !is_dns1123_subdomain(p) => errs.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string()),
+        Some(p) if !is_dns1123_subdomain(p) => errs.push(format!("prefix part {SUBDOMAIN_SHAPE}")),
         _ => {}
     }
     if name.is_empty() {
@@ -185,6 +182,17 @@ pub fn label_value_errors(v: &str) -> Vec<String> {
         errs.push("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".to_string());
     }
     errs
+}
+
+/// `dryRun` of any request's options: only `All` is a value (kube-apiserver's
+/// `ValidateDryRun`, the bad value shown as Go's `%#v` of the list, as 1.33 shows it).
+pub fn dry_run_cause(values: &[String]) -> Option<StatusCause> {
+    if values.iter().all(|v| v == "All") {
+        return None;
+    }
+    let list: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    let message = format!("Unsupported value: []string{{{}}}: supported values: \"All\"", list.join(", "));
+    Some(StatusCause::cause("FieldValueNotSupported", message, "dryRun"))
 }
 
 fn port_valid(p: i32, field: String, causes: &mut Vec<StatusCause>) {
@@ -536,13 +544,12 @@ pub fn is_config_key(k: &str) -> bool {
 /// A ConfigMap or Secret may hold at most 1 MiB of data in all (etcd's value limit, less room).
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
-/// The keys of a ConfigMap's or Secret's data maps (`(field, key, value length)`): valid,
-/// distinct across the maps, at most 1 MiB in all. (Base64 in `binaryData` and a Secret's
-/// `data` is checked by decoding: a value that is not base64 does not decode.)
 /// The entries of an object's two maps (`data` and `binaryData`, `data` and
-/// `stringData`): each key a valid config key, no key in both (the caller says which are),
-/// and at most 1 MiB in all, reported at `size_field` as kube-apiserver reports it.
-/// (No set of the keys seen: at 200,000 keys it cost more than the map itself.)
+/// `stringData`; `(field, key, value length, key also in the first map)`): each key a
+/// valid config key, no key in both, and at most 1 MiB of values in all, reported at
+/// `size_field` as kube-apiserver reports it. (No set of the keys seen: at 200,000 keys
+/// it cost more than the map itself. Base64 in `binaryData` and a Secret's `data` is
+/// checked by decoding: a value that is not base64 does not decode.)
 fn config_data_valid<'a>(
     entries: impl IntoIterator<Item = (&'a str, &'a String, usize, bool)>,
     size_field: &str,

@@ -81,7 +81,6 @@ pub enum ProtoError {
     WrongWireType { wire: u8, field: &'static str },
 }
 
-/// Decode a `k8s\0` + `runtime.Unknown` body into the object's JSON form.
 /// Decode a `k8s\0` + `runtime.Unknown` body into the object's JSON form. An envelope
 /// whose TypeMeta is empty holds the kind the endpoint serves (`default`: apiVersion,
 /// kind), as kube-apiserver's decoder fills in the defaults it was given.
